@@ -1,0 +1,42 @@
+"""The exception family. Every error megatrio raises on purpose is a MegatrioError."""
+
+from __future__ import annotations
+
+
+class MegatrioError(Exception):
+    """Root of every exception megatrio raises on purpose."""
+
+
+class StartupFailed(MegatrioError):
+    """A child failed before it reported readiness with ``task_status.started()``.
+
+    Raised by :meth:`Supervisor.run` (an initial child failed: the children already started are
+    stopped in reverse order first) and by :meth:`Supervisor.start_child`. The child's own error
+    is the ``__cause__``. :attr:`child` names the child.
+    """
+
+    def __init__(self, child: str, reason: str) -> None:
+        super().__init__(f"child {child!r} failed to start: {reason}")
+        self.child = child
+
+
+class RestartIntensityExceeded(MegatrioError):
+    """A supervisor needed more restarts than its intensity allows, and gave up.
+
+    Raised by :meth:`Supervisor.run` after every child has been stopped in reverse order; the
+    last child error is the ``__cause__``. A parent supervisor treats it as that child's crash,
+    which is how OTP escalates.
+    """
+
+    def __init__(self, supervisor: str, max_restarts: int, period_seconds: float) -> None:
+        super().__init__(
+            f"supervisor {supervisor!r} gave up: more than {max_restarts} restart(s) "
+            f"within {period_seconds:g} s"
+        )
+        self.supervisor = supervisor
+        self.max_restarts = max_restarts
+        self.period_seconds = period_seconds
+
+
+class SupervisorNotRunning(MegatrioError):
+    """An operation that needs a running supervisor was called on one that is not running."""

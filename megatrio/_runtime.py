@@ -1,0 +1,187 @@
+"""``mega_runtime()``: a root supervisor, graceful stop, LIFO resources and global errors."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any, TypeVar, final
+
+import anyio
+import anyio.abc
+
+from ._policy._checks import check_seconds
+from ._util import NoPublicConstructor
+from .nursery._errors import describe, unwrap_group
+from .nursery._signals import check_main_thread, serve_stop_signals
+from .supervisor import ChildSpec, Supervisor
+
+log = logging.getLogger("megatrio.runtime")
+
+T = TypeVar("T")
+
+
+@final
+class Runtime(metaclass=NoPublicConstructor):
+    """The handle ``mega_runtime()`` yields. Created only by :func:`mega_runtime`."""
+
+    def __init__(self, name: str, grace_seconds: float, supervisor: Supervisor) -> None:
+        self.name = name
+        self.grace_seconds = grace_seconds
+        self.supervisor = supervisor
+        """The root supervisor (one-for-one)."""
+        self._body_scope = anyio.CancelScope()
+        self._root_scope = anyio.CancelScope()
+        self._root_done = anyio.Event()
+        self._stack = contextlib.AsyncExitStack()
+        self._stop_requested = False
+        self._stop_deadline: float | None = None
+        self._fatal: BaseException | None = None
+
+    @property
+    def stopping(self) -> bool:
+        """True once a stop was requested (by :meth:`stop`, a signal, or a fatal error)."""
+        return self._stop_requested
+
+    async def start_child(self, spec: ChildSpec) -> object:
+        """Start *spec* under the root supervisor; see :meth:`Supervisor.start_child`."""
+        return await self.supervisor.start_child(spec)
+
+    async def stop_child(self, name: str) -> None:
+        """Stop and remove a root child; see :meth:`Supervisor.stop_child`."""
+        await self.supervisor.stop_child(name)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The whole supervision tree as plain data. Not a checkpoint."""
+        return self.supervisor.snapshot()
+
+    def stop(self) -> None:
+        """Request a graceful stop from any task. Idempotent; not a checkpoint.
+
+        The body of the ``async with`` is cancelled (and exits normally), then every child
+        stops in reverse order within its own grace, all bounded by ``grace_seconds``.
+        """
+        if self._stop_requested:
+            return
+        self._stop_requested = True
+        self._body_scope.cancel()
+
+    def cancel(self) -> None:
+        """Stop immediately: like :meth:`stop`, with no grace for children or resources."""
+        self.stop()
+        self._stop_deadline = -math.inf
+        self._root_scope.cancel()
+
+    async def enter_async_context(self, cm: AbstractAsyncContextManager[T]) -> T:
+        """Enter *cm* now; it is exited after every child has stopped, in LIFO order."""
+        return await self._stack.enter_async_context(cm)
+
+    def push_async_callback(self, callback: Callable[..., Awaitable[object]], *args: Any) -> None:
+        """Call ``await callback(*args)`` at shutdown, after the children, in LIFO order."""
+        self._stack.push_async_callback(callback, *args)
+
+    async def _run_root(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        try:
+            with self._root_scope:
+                await self.supervisor.run(task_status=task_status)
+        except Exception as exc:
+            # The root giving up is fatal: the body is cancelled and the runtime stops the
+            # rest gracefully before re-raising it.
+            self._fatal = exc
+            self._stop_requested = True
+            self._body_scope.cancel()
+        finally:
+            self._root_done.set()
+
+    def _deadline(self) -> float:
+        if self._stop_deadline is None:
+            self._stop_deadline = anyio.current_time() + self.grace_seconds
+        return self._stop_deadline
+
+    async def _shutdown(self) -> None:
+        self._stop_requested = True
+        deadline = self._deadline()
+        if deadline < self._root_scope.deadline:
+            self._root_scope.deadline = deadline
+        self.supervisor.stop()
+        await self._root_done.wait()
+        await self._close_resources()
+
+    async def _close_resources(self) -> None:
+        # Shielded so an outer cancellation cannot skip cleanup; bounded by the stop deadline
+        # so a stuck resource cannot hang the process.
+        with anyio.move_on_at(self._deadline(), shield=True):
+            await self._stack.aclose()
+
+    def __repr__(self) -> str:
+        return f"<Runtime {self.name!r}{' stopping' if self._stop_requested else ''}>"
+
+
+@contextlib.asynccontextmanager
+async def mega_runtime(
+    *,
+    name: str = "megatrio",
+    grace_seconds: float = 30.0,
+    handle_signals: bool = False,
+    max_restarts: int = 3,
+    period_seconds: float = 5.0,
+) -> AsyncIterator[Runtime]:
+    """Run a supervised tree for the duration of an ``async with`` block.
+
+    ``async with mega_runtime() as rt:`` opens a one-for-one root supervisor with the given
+    intensity; add children with ``await rt.start_child(spec)``. Works under ``trio.run`` and
+    ``asyncio.run``.
+
+    Leaving the block stops everything gracefully: children stop one at a time in reverse
+    start order, each within its own ``shutdown_seconds``, then resources registered with
+    :meth:`Runtime.enter_async_context` / :meth:`Runtime.push_async_callback` close in LIFO
+    order; the whole stop is bounded by *grace_seconds*. :meth:`Runtime.stop` (or, with
+    *handle_signals*, a first SIGTERM/SIGINT) cancels the body, which then exits normally, and
+    stops the same way; :meth:`Runtime.cancel` (or a second signal) stops at once.
+
+    A fatal error — the root supervisor giving up, or an exception from the body — is logged
+    once at CRITICAL with its traceback, everything else is stopped gracefully, and the error
+    itself is re-raised (``RestartIntensityExceeded`` carries the last child error as
+    ``__cause__``). A temporary child's crash is logged, not fatal.
+
+    Cancelling the block from outside cancels every child at once; resources are still closed,
+    shielded and bounded by *grace_seconds*.
+
+    Raises:
+        ValueError: an argument is invalid.
+        RuntimeError: *handle_signals* is true off the main thread.
+    """
+    grace = check_seconds("grace_seconds", grace_seconds)
+    if handle_signals:
+        check_main_thread()
+    root = Supervisor(name=name, max_restarts=max_restarts, period_seconds=period_seconds)
+    rt = Runtime._create(name, grace, root)
+    body_error: Exception | None = None
+    try:
+        async with anyio.create_task_group() as tg:
+            if handle_signals:
+                await tg.start(serve_stop_signals, rt.stop, rt.cancel)
+            await tg.start(rt._run_root)
+            try:
+                with rt._body_scope:
+                    yield rt
+            except Exception as exc:
+                body_error = exc
+                rt._stop_requested = True
+            await rt._shutdown()
+            tg.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        leaf = unwrap_group(group)
+        if leaf is group:
+            raise
+        raise leaf  # noqa: B904 -- the group stays reachable as __context__
+    finally:
+        await rt._close_resources()
+    fatal = rt._fatal if rt._fatal is not None else body_error
+    if fatal is not None:
+        log.critical("runtime %s: fatal error: %s", name, describe(fatal), exc_info=fatal)
+        raise fatal

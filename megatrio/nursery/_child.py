@@ -1,0 +1,272 @@
+"""One supervised task: readiness, the two-phase stop, and how it exited.
+
+This is the mechanism under the supervisor. A :class:`ChildContext` is one *incarnation* of a
+child: each restart creates a new one. The supervisor decides what to do with an exit; this
+module only runs the target and classifies how it ended.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import enum
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any, final
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+
+from .._util import NoPublicConstructor
+
+Target = Callable[..., Awaitable[object]]
+"""An async callable run as ``target(*args, task_status=...)``."""
+
+
+class ExitKind(enum.Enum):
+    """How an incarnation ended, from its supervisor's point of view."""
+
+    NORMAL = "normal"
+    """The target returned without being asked to stop."""
+    SHUTDOWN = "shutdown"
+    """The supervisor asked it to stop (whether it returned or was cancelled by the deadline)."""
+    ABNORMAL = "abnormal"
+    """The target raised an ``Exception`` without being asked to stop."""
+
+
+_current: contextvars.ContextVar[ChildContext | None] = contextvars.ContextVar(
+    "megatrio_current_child", default=None
+)
+
+
+def current_child() -> ChildContext | None:
+    """The :class:`ChildContext` of the supervised child running this code, or ``None``.
+
+    Tasks a child spawns in its own nurseries see the same context. Not a checkpoint.
+    """
+    return _current.get()
+
+
+@final
+class ChildContext(metaclass=NoPublicConstructor):
+    """A running incarnation of a supervised child, as the child itself sees it.
+
+    A child gets its context from :func:`current_child`, and it is also the ``task_status``
+    passed to the target: call ``task_status.started(value)`` once the child is ready to serve.
+
+    Stopping is two-phase. First the supervisor sets the *stopping* signal — the child should
+    stop taking new work, finish what it has and return. Then it puts a deadline of
+    ``now + shutdown_seconds`` on the child's own cancel scope; whatever is still running at the
+    deadline is cancelled. A child that ignores the signal is therefore cancelled at the
+    deadline, never leaked. Use ``await ctx.wait_stopping()`` in a task of its own, or check
+    :attr:`stopping` between units of work.
+    """
+
+    __slots__ = (
+        "_ended_at",
+        "_error",
+        "_exited",
+        "_kind",
+        "_ready",
+        "_scope",
+        "_snapshot",
+        "_started_at",
+        "_started_value",
+        "_stop_requested",
+        "_stopping",
+        "name",
+        "path",
+    )
+
+    def __init__(self, name: str, path: tuple[str, ...]) -> None:
+        self.name = name
+        """The child's name in its supervisor."""
+        self.path = path
+        """Names from the root supervisor down to this child."""
+        self._scope = anyio.CancelScope()
+        self._started_at: float | None = None
+        self._ended_at: float | None = None
+        self._started_value: object = None
+        self._stop_requested = False
+        self._stopping: anyio.Event | None = None
+        self._ready: anyio.Event | None = None
+        self._exited: anyio.Event | None = None
+        self._kind: ExitKind | None = None
+        self._error: BaseException | None = None
+        self._snapshot: Callable[[], dict[str, Any]] | None = None
+
+    # -- the child's side -------------------------------------------------------------------
+
+    def started(self, value: object = None) -> None:
+        """Report readiness; the supervisor's start returns *value*. Not a checkpoint.
+
+        Raises:
+            RuntimeError: called twice.
+        """
+        if self._started_at is not None:
+            raise RuntimeError(f"child {self.name!r} called task_status.started() twice")
+        self._started_at = anyio.current_time()
+        self._started_value = value
+        if self._ready is not None:
+            self._ready.set()
+
+    @property
+    def stopping(self) -> bool:
+        """True once the supervisor has asked this child to stop."""
+        return self._stop_requested
+
+    async def wait_stopping(self) -> None:
+        """Block until the supervisor asks this child to stop. Always a checkpoint.
+
+        Cancelling this call only cancels the wait.
+        """
+        if self._stop_requested:
+            await anyio.lowlevel.checkpoint()
+            return
+        if self._stopping is None:
+            self._stopping = anyio.Event()
+        await self._stopping.wait()
+
+    def uptime_seconds(self) -> float:
+        """Seconds from ``started()`` to now, or to the exit once it has exited; 0.0 before.
+
+        Not a checkpoint.
+        """
+        if self._started_at is None:
+            return 0.0
+        end = anyio.current_time() if self._ended_at is None else self._ended_at
+        return end - self._started_at
+
+    # -- the supervisor's side --------------------------------------------------------------
+
+    @property
+    def exit_kind(self) -> ExitKind | None:
+        """How it ended, or ``None`` while it runs."""
+        return self._kind
+
+    @property
+    def error(self) -> BaseException | None:
+        """The exception it exited with, if any."""
+        return self._error
+
+    @property
+    def has_started(self) -> bool:
+        return self._started_at is not None
+
+    def request_stop(self, shutdown_seconds: float) -> None:
+        """Phase one and two at once: set *stopping*, then give the scope its deadline.
+
+        ``shutdown_seconds == 0`` cancels at the next checkpoint; ``inf`` waits for the child.
+        An earlier deadline set before is kept. Not a checkpoint.
+        """
+        self._stop_requested = True
+        if self._stopping is not None:
+            self._stopping.set()
+        if shutdown_seconds <= 0:
+            self._scope.cancel()
+        elif not math.isinf(shutdown_seconds):
+            deadline = anyio.current_time() + shutdown_seconds
+            if deadline < self._scope.deadline:
+                self._scope.deadline = deadline
+
+    def cancel_now(self) -> None:
+        """Cancel the child's scope immediately (a forced stop). Not a checkpoint."""
+        self._stop_requested = True
+        if self._stopping is not None:
+            self._stopping.set()
+        self._scope.cancel()
+
+    async def wait_exited(self) -> None:
+        """Block until the target has finished. A checkpoint."""
+        if self._kind is not None:
+            await anyio.lowlevel.checkpoint()
+            return
+        if self._exited is None:
+            self._exited = anyio.Event()
+        await self._exited.wait()
+
+    async def stop(self, shutdown_seconds: float) -> None:
+        """Two-phase stop, then wait for the exit. A checkpoint; cancelling it stops waiting."""
+        if self._kind is None:
+            self.request_stop(shutdown_seconds)
+        await self.wait_exited()
+
+    def attach_snapshot(self, provider: Callable[[], dict[str, Any]]) -> None:
+        """Let the child contribute its own subtree (a nested supervisor) to snapshots."""
+        self._snapshot = provider
+
+    def subtree(self) -> dict[str, Any] | None:
+        return None if self._snapshot is None else self._snapshot()
+
+    def __repr__(self) -> str:
+        state = "running" if self._kind is None else self._kind.value
+        return f"<ChildContext {'/'.join(self.path)} {state}>"
+
+
+async def _run_target(
+    ctx: ChildContext,
+    target: Target,
+    args: tuple[object, ...],
+    on_exit: Callable[[ChildContext], None],
+) -> None:
+    # Invariant: this wrapper never raises anything but the outer cancellation (or a
+    # BaseException such as KeyboardInterrupt that is not ours to handle): every exit of the
+    # target is recorded on ctx and reported, so no child error ever reaches the task group.
+    _current.set(ctx)
+    finished = False
+    try:
+        with ctx._scope:
+            try:
+                await target(*args, task_status=ctx)
+            except Exception as exc:
+                ctx._error = exc
+        finished = True
+    finally:
+        ctx._ended_at = anyio.current_time()
+        if finished:
+            if ctx._stop_requested:
+                ctx._kind = ExitKind.SHUTDOWN
+            elif ctx._error is not None:
+                ctx._kind = ExitKind.ABNORMAL
+            else:
+                ctx._kind = ExitKind.NORMAL
+        else:
+            ctx._kind = ExitKind.SHUTDOWN
+        if ctx._ready is not None:
+            ctx._ready.set()
+        if ctx._exited is not None:
+            ctx._exited.set()
+        # Exits before started() are the starter's to report; exits on outer cancellation
+        # belong to nobody (the whole tree is going away).
+        if finished and ctx._started_at is not None:
+            on_exit(ctx)
+
+
+async def start_child_task(
+    tg: anyio.abc.TaskGroup,
+    ctx: ChildContext,
+    target: Target,
+    args: tuple[object, ...],
+    on_exit: Callable[[ChildContext], None],
+) -> bool:
+    """Run *target* as *ctx* in *tg* and wait until it reports ready or exits.
+
+    Returns True once it has called ``started()``; False when it exited first (its
+    :attr:`~ChildContext.error` says why, ``None`` for a return without ``started()``). After
+    True, *on_exit* is called exactly once, synchronously, when it exits on its own or by
+    request — but not when the whole task group is cancelled.
+
+    Cancelling this call cancels the wait, not the child.
+    """
+    ctx._ready = anyio.Event()
+    tg.start_soon(_run_target, ctx, target, args, on_exit, name="/".join(ctx.path))
+    try:
+        await ctx._ready.wait()
+    finally:
+        ctx._ready = None
+    return ctx._started_at is not None
+
+
+def bind_context(name: str, path: tuple[str, ...]) -> ChildContext:
+    """A fresh incarnation context for *name* at *path*."""
+    return ChildContext._create(name, path)
