@@ -11,6 +11,7 @@ from ._exceptions import SupervisorNotRunning as SupervisorNotRunning
 from ._runtime import Runtime as Runtime
 from ._runtime import mega_runtime as mega_runtime
 from ._timers import every as every
+from ._tree import format_tree as format_tree
 from .nursery._child import ChildContext as ChildContext
 from .nursery._child import current_child as current_child
 from .supervisor import NO_BACKOFF as NO_BACKOFF
@@ -40,6 +41,7 @@ __all__ = (
     "SupervisorNotRunning",
     "current_child",
     "every",
+    "format_tree",
     "mega_runtime",
     "ready_immediately",
 )

@@ -97,6 +97,10 @@ def _check_shutdown(instance: object, attribute: attrs.Attribute[float], value: 
     check_seconds("shutdown_seconds", value)
 
 
+def _as_args(value: Iterable[object]) -> tuple[object, ...]:
+    return tuple(value)
+
+
 @attrs.frozen
 class ChildSpec:
     """How to run one child: ``await target(*args, task_status=...)``.
@@ -118,10 +122,6 @@ class ChildSpec:
         default=Restart.PERMANENT, validator=attrs.validators.instance_of(Restart)
     )
     shutdown_seconds: float = attrs.field(default=5.0, validator=_check_shutdown)
-
-
-def _as_args(value: Iterable[object]) -> tuple[object, ...]:
-    return tuple(value)
 
 
 def ready_immediately(fn: Target) -> Target:
@@ -441,7 +441,10 @@ class Supervisor:
             for spec in self._initial:
                 if self._stop_requested:
                     return
-                await self._start_new(spec)
+                try:
+                    await self._start_new(spec)
+                except SupervisorNotRunning:
+                    return  # a stop arrived while this child was starting
 
     async def _start_new(self, spec: ChildSpec) -> object:
         child = _Child(spec, next(self._order))

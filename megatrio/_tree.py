@@ -1,0 +1,41 @@
+"""Human-readable rendering of a supervision-tree snapshot."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+def format_tree(snapshot: Mapping[str, Any]) -> str:
+    """Render a :meth:`Supervisor.snapshot` (or ``Runtime.snapshot()``) as an indented tree.
+
+    One line per supervisor and per child: state, uptime, restart count and the last error.
+    """
+    lines: list[str] = []
+    _supervisor_lines(snapshot, "", lines)
+    return "\n".join(lines)
+
+
+def _supervisor_lines(snap: Mapping[str, Any], indent: str, lines: list[str]) -> None:
+    window = f"max {snap['max_restarts']} restarts in {snap['period_seconds']:g} s"
+    lines.append(
+        f"{indent}{snap['name']} [{snap['strategy']}, {snap['state']}, "
+        f"{snap['restarts']} restarts, {window}]"
+    )
+    children = snap["children"]
+    for index, child in enumerate(children):
+        last = index == len(children) - 1
+        branch, carry = ("└── ", "    ") if last else ("├── ", "│   ")
+        uptime = child["uptime_seconds"]
+        parts = [
+            f"{child['name']}",
+            child["state"],
+            "-" if uptime is None else f"up {uptime:.1f}s",
+            f"restarts {child['restarts']}",
+        ]
+        if child["last_error"]:
+            parts.append(f"last error: {child['last_error']}")
+        lines.append(f"{indent}{branch}{'  '.join(parts)}")
+        nested = child.get("supervisor")
+        if nested is not None:
+            _supervisor_lines(nested, indent + carry, lines)
