@@ -4,16 +4,27 @@ Every long-lived piece of a service runs as a supervised task in one tree; shutd
 cancel-scope deadline and restarts follow Erlang/OTP supervisor semantics.
 """
 
+from ._config import Config as Config
+from ._config import LogFormat as LogFormat
+from ._config import LogLevel as LogLevel
+from ._config import load_config as load_config
+from ._exceptions import AppNotFound as AppNotFound
+from ._exceptions import ConfigError as ConfigError
 from ._exceptions import MegatrioError as MegatrioError
 from ._exceptions import RestartIntensityExceeded as RestartIntensityExceeded
 from ._exceptions import StartupFailed as StartupFailed
 from ._exceptions import SupervisorNotRunning as SupervisorNotRunning
 from ._runtime import Runtime as Runtime
 from ._runtime import mega_runtime as mega_runtime
+from ._serve import Serving as Serving
+from ._serve import serve_app as serve_app
 from ._timers import every as every
 from ._tree import format_tree as format_tree
 from .nursery._child import ChildContext as ChildContext
+from .app import App as App
 from .nursery._child import current_child as current_child
+from .services._logging import configure_logging as configure_logging
+from .services._redact import Redactor as Redactor
 from .supervisor import NO_BACKOFF as NO_BACKOFF
 from .supervisor import Backoff as Backoff
 from .supervisor import ChildSpec as ChildSpec
@@ -27,21 +38,32 @@ __version__ = "0.1.0"
 
 __all__ = (
     "NO_BACKOFF",
+    "App",
+    "AppNotFound",
     "Backoff",
     "ChildContext",
     "ChildSpec",
+    "Config",
+    "ConfigError",
+    "LogFormat",
+    "LogLevel",
     "MegatrioError",
     "Restart",
     "RestartIntensityExceeded",
     "RestartWindow",
+    "Redactor",
     "Runtime",
+    "Serving",
     "StartupFailed",
     "Strategy",
     "Supervisor",
     "SupervisorNotRunning",
+    "configure_logging",
     "current_child",
     "every",
     "format_tree",
+    "load_config",
     "mega_runtime",
     "ready_immediately",
+    "serve_app",
 )

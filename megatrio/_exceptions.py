@@ -40,3 +40,15 @@ class RestartIntensityExceeded(MegatrioError):
 
 class SupervisorNotRunning(MegatrioError):
     """An operation that needs a running supervisor was called on one that is not running."""
+
+
+class ConfigError(MegatrioError, ValueError):
+    """Configuration is invalid: the message names the file or variable, the key and the value.
+
+    Raised by :func:`megatrio.load_config` before anything starts.
+    """
+
+
+class AppNotFound(MegatrioError):
+    """``megatrio run module:attr`` named a module or attribute that does not exist, or an
+    object that is not a :class:`megatrio.App`."""

@@ -185,3 +185,4 @@ async def mega_runtime(
     if fatal is not None:
         log.critical("runtime %s: fatal error: %s", name, describe(fatal), exc_info=fatal)
         raise fatal
+    log.info("runtime %s stopped", name)

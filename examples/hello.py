@@ -1,0 +1,60 @@
+"""A small megatrio application: a few routes, a heartbeat timer and a background child.
+
+Serve it from the repository root with ``megatrio run examples.hello:app`` (no Redis or NATS
+needed), then try ``curl localhost:8000/``, ``/readyz`` and ``megatrio tree``.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import trio
+from quart import request
+
+import megatrio
+
+log = logging.getLogger("hello")
+
+app = megatrio.App("hello")
+visits = 0
+
+
+@app.get("/")
+async def index() -> dict[str, object]:
+    global visits
+    visits += 1
+    return {"hello": "world", "visits": visits}
+
+
+@app.post("/echo")
+async def echo() -> dict[str, object]:
+    return {"you_sent": await request.get_json()}
+
+
+@app.get("/slow")
+async def slow() -> str:
+    # In-flight requests finish during a graceful stop (up to grace_seconds).
+    await trio.sleep(float(request.args.get("seconds", "2")))
+    return "done\n"
+
+
+@app.get("/fail")
+async def fail() -> str:
+    raise RuntimeError("this route always fails (Authorization: Bearer s3cr3t is redacted)")
+
+
+@app.every(10.0)
+async def heartbeat() -> None:
+    log.info("heartbeat", extra={"visits": visits})
+
+
+@app.child()
+async def janitor(*, task_status: trio.TaskStatus[None]) -> None:
+    """A background child: does periodic cleanup until asked to stop."""
+    ctx = megatrio.current_child()
+    assert ctx is not None
+    task_status.started()
+    while not ctx.stopping:
+        with trio.move_on_after(30):
+            await ctx.wait_stopping()
+    log.info("janitor: finished cleanly")

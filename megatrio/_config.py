@@ -1,0 +1,288 @@
+"""Configuration: a frozen attrs class loaded from TOML, then the environment, then CLI flags.
+
+Sources, later ones winning:
+
+1. ``megatrio.toml`` (top-level keys) in the current directory, or ``[tool.megatrio]`` in
+   ``pyproject.toml`` there, or the file named with ``--config``;
+2. ``MEGATRIO_<KEY>`` environment variables (``MEGATRIO_GRACE_SECONDS=10``; lists are
+   comma-separated);
+3. command-line flags.
+
+Unknown keys and bad values are rejected before anything starts, with the source (file or
+variable), the key and what was expected in the message.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+import math
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Final
+
+import attrs
+
+from ._exceptions import ConfigError
+
+ENV_PREFIX: Final = "MEGATRIO_"
+INTERNAL_ENV_PREFIX: Final = "MEGATRIO__"
+"""Variables megatrio sets for its own child processes; never read as configuration."""
+
+
+class LogFormat(enum.Enum):
+    """How log records are rendered."""
+
+    AUTO = "auto"
+    """JSON lines when stdout is not a terminal, readable lines when it is."""
+    JSON = "json"
+    CONSOLE = "console"
+
+
+class LogLevel(enum.Enum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+    CRITICAL = "critical"
+
+    @property
+    def number(self) -> int:
+        return {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}[self.value]
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``"HOST:PORT"`` or ``"[V6]:PORT"`` → ``(host, port)``; port 0 means any free port.
+
+    Raises:
+        ValueError: not of that form, or the port is out of range.
+    """
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port must be 0..65535, got {port} in {text!r}")
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise ValueError(f"expected [IPV6]:PORT, got {text!r}")
+        host = host[1:-1]
+        ipaddress.IPv6Address(host)
+    return host, port
+
+
+def is_loopback(host: str) -> bool:
+    """Whether *host* only accepts connections from this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+# -- value parsers: (raw value, came from text) -> typed value, or ValueError "expected ..." ------
+
+
+def _seconds(value: Any, from_text: bool) -> float:
+    if from_text and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ValueError(f"expected a number of seconds, got {value!r}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        raise ValueError(f"expected a number of seconds, got {value!r}")
+    if value < 0:
+        raise ValueError(f"expected a number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
+def _positive_seconds(value: Any, from_text: bool) -> float:
+    seconds = _seconds(value, from_text)
+    if seconds <= 0 or math.isinf(seconds):
+        raise ValueError(f"expected a finite number of seconds > 0, got {value!r}")
+    return seconds
+
+
+def _count(minimum: int) -> Callable[[Any, bool], int]:
+    def parse(value: Any, from_text: bool) -> int:
+        if from_text and isinstance(value, str):
+            try:
+                value = int(value)
+            except ValueError:
+                raise ValueError(f"expected an integer >= {minimum}, got {value!r}") from None
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise ValueError(f"expected an integer >= {minimum}, got {value!r}")
+        return value
+
+    return parse
+
+
+def _enum(cls: type[enum.Enum]) -> Callable[[Any, bool], Any]:
+    choices = ", ".join(repr(m.value) for m in cls)
+
+    def parse(value: Any, from_text: bool) -> Any:
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, str):
+            try:
+                return cls(value.lower())
+            except ValueError:
+                pass
+        raise ValueError(f"expected one of {choices}, got {value!r}")
+
+    return parse
+
+
+def _strings(value: Any, from_text: bool) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise ValueError(f"expected a list of strings, got {value!r}")
+
+
+def _addresses(value: Any, from_text: bool) -> tuple[str, ...]:
+    addresses = _strings(value, from_text)
+    if not addresses:
+        raise ValueError("expected at least one HOST:PORT address")
+    for address in addresses:
+        parse_address(address)
+    return addresses
+
+
+def _optional_address(value: Any, from_text: bool) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected HOST:PORT or an empty string, got {value!r}")
+    if value:
+        parse_address(value)
+    return value
+
+
+def _meta(parse: Callable[[Any, bool], Any], doc: str) -> dict[str, Any]:
+    return {"parse": parse, "doc": doc}
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    """Everything ``megatrio run`` reads. Build it with :func:`load_config`."""
+
+    bind: tuple[str, ...] = attrs.field(
+        default=("127.0.0.1:8000",),
+        metadata=_meta(_addresses, "public HTTP listeners, HOST:PORT (port 0: any free)"),
+    )
+    admin_bind: str = attrs.field(
+        default="127.0.0.1:8001",
+        metadata=_meta(_optional_address, "admin listener (/_megatrio/*); empty disables it"),
+    )
+    grace_seconds: float = attrs.field(
+        default=30.0, metadata=_meta(_seconds, "bound on a graceful stop")
+    )
+    max_restarts: int = attrs.field(
+        default=3, metadata=_meta(_count(0), "root supervisor intensity: restarts ...")
+    )
+    period_seconds: float = attrs.field(
+        default=5.0, metadata=_meta(_positive_seconds, "... within this many seconds")
+    )
+    log_level: LogLevel = attrs.field(
+        default=LogLevel.INFO, metadata=_meta(_enum(LogLevel), "minimum level logged")
+    )
+    log_format: LogFormat = attrs.field(
+        default=LogFormat.AUTO, metadata=_meta(_enum(LogFormat), "auto, json or console")
+    )
+    redact_keys: tuple[str, ...] = attrs.field(
+        default=(), metadata=_meta(_strings, "extra keys whose values are masked in logs")
+    )
+
+    def __attrs_post_init__(self) -> None:
+        # Direct construction gets the same checks as loading.
+        for field in attrs.fields(Config):
+            _parse("Config", field.name, getattr(self, field.name), from_text=False)
+
+
+def config_keys() -> tuple[str, ...]:
+    return tuple(a.name for a in attrs.fields(Config))
+
+
+def _parse(source: str, key: str, value: Any, *, from_text: bool) -> Any:
+    field = attrs.fields_dict(Config).get(key)
+    if field is None:
+        known = ", ".join(config_keys())
+        raise ConfigError(f"{source}: unknown key {key!r} (known keys: {known})")
+    try:
+        return field.metadata["parse"](value, from_text)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: key {key!r}: {exc}") from None
+
+
+def _read_toml(path: Path) -> tuple[str, Mapping[str, Any]]:
+    try:
+        with path.open("rb") as f:
+            document = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    if path.name == "pyproject.toml":
+        table = document.get("tool", {}).get("megatrio", {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"{path}: [tool.megatrio] must be a table")
+        return f"{path} [tool.megatrio]", table
+    return str(path), document
+
+
+def find_config_file(directory: Path) -> Path | None:
+    """``megatrio.toml`` in *directory*, else its ``pyproject.toml`` if that has a
+    ``[tool.megatrio]`` table, else None."""
+    candidate = directory / "megatrio.toml"
+    if candidate.is_file():
+        return candidate
+    pyproject = directory / "pyproject.toml"
+    if pyproject.is_file():
+        try:
+            document = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, OSError, UnicodeDecodeError):
+            return None
+        if "megatrio" in document.get("tool", {}):
+            return pyproject
+    return None
+
+
+def load_config(
+    *,
+    path: Path | None = None,
+    directory: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the :class:`Config` from a file, the environment and *overrides* (CLI flags).
+
+    With no *path*, looks for a config file in *directory* (default: the current one).
+
+    Raises:
+        ConfigError: a file is missing or invalid, a key is unknown, or a value is bad; the
+            message names the file or variable, the key, and what was expected.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    if path is None:
+        path = find_config_file(Path.cwd() if directory is None else directory)
+    if path is not None:
+        source, table = _read_toml(path)
+        for key, value in table.items():
+            values[key] = _parse(source, key, value, from_text=False)
+    for name, text in environ.items():
+        if not name.startswith(ENV_PREFIX) or name.startswith(INTERNAL_ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX) :].lower()
+        values[key] = _parse(f"environment variable {name}", key, text, from_text=True)
+    for key, value in (overrides or {}).items():
+        if value is not None:
+            values[key] = _parse(
+                f"command-line option --{key.replace('_', '-')}", key, value, from_text=True
+            )
+    return Config(**values)

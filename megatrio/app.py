@@ -1,0 +1,157 @@
+"""The App: HTTP routes (Quart), lifecycle hooks and supervised children, served by megatrio.
+
+Two styles, both served with ``megatrio run module:attr``::
+
+    app = megatrio.App("hello")
+
+    @app.get("/")
+    async def index():
+        return {"hello": "world"}
+
+    @app.every(5.0)
+    async def heartbeat():
+        logging.getLogger("hello").info("alive")
+
+or a subclass (``megatrio run module:Hello`` instantiates it with no arguments)::
+
+    class Hello(megatrio.App):
+        def setup(self):
+            self.get("/")(self.index)
+            self.add_child(ChildSpec("consumer", self.consume))
+
+        async def on_start(self, rt): ...   # before HTTP starts: open pools, register resources
+        async def on_stop(self, rt): ...    # after every child and the HTTP server stopped
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
+
+from quart_trio import QuartTrio
+
+from ._runtime import Runtime
+from ._timers import every
+from .supervisor import ChildSpec
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class App:
+    """Base class of a megatrio application.
+
+    :attr:`http` is a :class:`quart_trio.QuartTrio` application: everything Quart offers
+    (blueprints, ``before_request``, error handlers, ``websocket`` routes) works on it, and
+    :meth:`route`, :meth:`get`, :meth:`post`, ... are shortcuts to it.
+
+    Children declared with :meth:`add_child`, :meth:`child` or :meth:`every` (or returned by an
+    overridden :meth:`children`) start, in order, after the HTTP server is listening, and stop
+    — in reverse order — before it drains. ``/healthz``, ``/readyz`` and the admin listener's
+    ``/_megatrio/tree`` are provided by the server.
+    """
+
+    name: str = ""
+    """The application's name (default: the class name, lower-cased); names the root
+    supervisor and the Quart app."""
+
+    def __init__(self, name: str | None = None) -> None:
+        resolved = name or type(self).name or type(self).__name__.lower()
+        if not isinstance(resolved, str) or not resolved or "/" in resolved:
+            raise ValueError(f"app name must be a non-empty string without '/': {resolved!r}")
+        self.name = resolved
+        self.http = QuartTrio(resolved)
+        self._children: list[ChildSpec] = []
+        self._rt: Runtime | None = None
+        self.setup()
+
+    # -- declaration --------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Subclass hook, called by ``__init__``: register routes and children here."""
+
+    def route(self, rule: str, **options: Any) -> Callable[[F], F]:
+        """``@app.route(rule, methods=[...])`` — Quart's ``route`` on :attr:`http`."""
+        return self.http.route(rule, **options)
+
+    def get(self, rule: str, **options: Any) -> Callable[[F], F]:
+        return self.http.get(rule, **options)
+
+    def post(self, rule: str, **options: Any) -> Callable[[F], F]:
+        return self.http.post(rule, **options)
+
+    def put(self, rule: str, **options: Any) -> Callable[[F], F]:
+        return self.http.put(rule, **options)
+
+    def delete(self, rule: str, **options: Any) -> Callable[[F], F]:
+        return self.http.delete(rule, **options)
+
+    def patch(self, rule: str, **options: Any) -> Callable[[F], F]:
+        return self.http.patch(rule, **options)
+
+    def add_child(self, spec: ChildSpec) -> ChildSpec:
+        """Declare a supervised child. Raises ValueError on a duplicate name."""
+        if not isinstance(spec, ChildSpec):
+            raise TypeError(f"add_child takes a ChildSpec, got {spec!r}")
+        if any(existing.name == spec.name for existing in self._children):
+            raise ValueError(f"app {self.name!r} already has a child named {spec.name!r}")
+        self._children.append(spec)
+        return spec
+
+    def child(self, name: str | None = None, **spec_options: Any) -> Callable[[F], F]:
+        """Decorator: declare ``target(*, task_status)`` as a supervised child.
+
+        *spec_options* are :class:`ChildSpec` fields (``restart``, ``shutdown_seconds``, ``args``).
+        """
+
+        def register(target: F) -> F:
+            self.add_child(ChildSpec(name or target.__name__, target, **spec_options))
+            return target
+
+        return register
+
+    def every(
+        self, interval_seconds: float, *, name: str | None = None, **options: Any
+    ) -> Callable[[F], F]:
+        """Decorator: call ``await fn()`` every *interval_seconds* as a supervised timer child.
+
+        *options* are those of :func:`megatrio.every` (``first_tick_seconds``, ``restart``, ...).
+        """
+
+        def register(fn: F) -> F:
+            self.add_child(every(interval_seconds, fn, name=name or fn.__name__, **options))
+            return fn
+
+        return register
+
+    def children(self) -> Iterable[ChildSpec]:
+        """The children to start after HTTP is ready, in order. Override to compute them."""
+        return tuple(self._children)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def on_start(self, rt: Runtime) -> None:
+        """Called once the runtime runs, before the HTTP server starts.
+
+        Register resources with ``await rt.enter_async_context(...)``; they close after
+        :meth:`on_stop`. An exception here is fatal: the process exits 1.
+        """
+
+    async def on_stop(self, rt: Runtime) -> None:
+        """Called after every child and the HTTP server have stopped, before resources close."""
+
+    @property
+    def rt(self) -> Runtime:
+        """The runtime serving this app. Raises RuntimeError when it is not being served."""
+        if self._rt is None:
+            raise RuntimeError(f"app {self.name!r} is not being served")
+        return self._rt
+
+    def _attach(self, rt: Runtime | None) -> None:
+        self._rt = rt
+
+    def asgi(self) -> Callable[..., Awaitable[None]]:
+        """The ASGI application behind the routes (the Quart app)."""
+        return self.http
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"

@@ -1,0 +1,189 @@
+"""The ``megatrio`` command: ``run``, ``console`` and ``tree``.
+
+Exit codes: 0 after a graceful stop, 1 after a fatal error, 2 for usage or configuration
+errors (a one-line message naming what was wrong, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import trio
+
+from ._config import Config, load_config
+from ._exceptions import AppNotFound, ConfigError
+from .app import App
+from .services._admin import TREE_PATH
+from .services._logging import configure_logging
+
+EXIT_OK = 0
+EXIT_FATAL = 1
+EXIT_USAGE = 2
+
+log = logging.getLogger("megatrio.cli")
+
+
+class _UsageError(Exception):
+    pass
+
+
+def resolve_app(target: str, *, directory: Path | None = None) -> App:
+    """Import ``module:attr`` (module relative to *directory*, default cwd) and return the App.
+
+    An App subclass is instantiated with no arguments.
+
+    Raises:
+        AppNotFound: malformed target, module or attribute missing, or not an App.
+    """
+    module_name, sep, attr_path = target.partition(":")
+    if not sep or not module_name or not attr_path:
+        raise AppNotFound(f"expected MODULE:ATTRIBUTE (like app:App), got {target!r}")
+    search = str((directory or Path.cwd()).resolve())
+    if search not in sys.path:
+        sys.path.insert(0, search)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing == module_name or module_name.startswith(missing + "."):
+            raise AppNotFound(f"module {module_name!r} not found (searched {search})") from None
+        raise
+    obj: Any = module
+    for part in attr_path.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise AppNotFound(f"module {module_name!r} has no attribute {attr_path!r}") from None
+    if isinstance(obj, type) and issubclass(obj, App):
+        obj = obj()
+    if not isinstance(obj, App):
+        raise AppNotFound(
+            f"{target!r} is not a megatrio.App (it is {type(obj).__module__}."
+            f"{type(obj).__qualname__})"
+        )
+    return obj
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="megatrio", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add_serving_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("target", metavar="MODULE:ATTR", help="the App, e.g. app:App")
+        p.add_argument("--config", type=Path, help="TOML file (default: ./megatrio.toml)")
+        p.add_argument(
+            "--bind", action="append", metavar="HOST:PORT", help="public listener (repeatable)"
+        )
+        p.add_argument("--admin-bind", metavar="HOST:PORT", help="admin listener ('' disables)")
+        p.add_argument("--grace-seconds", metavar="SECONDS", help="bound on a graceful stop")
+        p.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning, error")
+        p.add_argument("--log-format", metavar="FORMAT", help="auto, json or console")
+
+    add_serving_options(commands.add_parser("run", help="serve an App"))
+    add_serving_options(
+        commands.add_parser("console", help="serve an App with a REPL (rt and app in scope)")
+    )
+    tree = commands.add_parser("tree", help="print the live supervision tree of a running app")
+    tree.add_argument("--admin", metavar="HOST:PORT", help="admin listener (default: config)")
+    tree.add_argument("--config", type=Path, help="TOML file to read admin_bind from")
+    tree.add_argument("--json", action="store_true", help="print JSON instead of a tree")
+    return parser
+
+
+def _config_from(args: argparse.Namespace) -> Config:
+    overrides = {
+        "bind": ",".join(args.bind) if args.bind else None,
+        "admin_bind": args.admin_bind,
+        "grace_seconds": args.grace_seconds,
+        "log_level": args.log_level,
+        "log_format": args.log_format,
+    }
+    return load_config(path=args.config, overrides=overrides)
+
+
+def _fail(message: str) -> NoReturn:
+    raise _UsageError(message)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from ._serve import serve_app
+
+    config = _config_from(args)
+    configure_logging(
+        level=config.log_level.number, fmt=config.log_format, redact_keys=config.redact_keys
+    )
+    try:
+        app = resolve_app(args.target)
+    except AppNotFound:
+        raise
+    except Exception:
+        # The app's own code raised while importing or constructing: its traceback matters.
+        log.critical("loading %s failed", args.target, exc_info=True)
+        return EXIT_FATAL
+    try:
+        trio.run(serve_app, app, config)
+    except Exception:
+        return EXIT_FATAL  # mega_runtime logged it once, with its traceback
+    return EXIT_OK
+
+
+def _console(args: argparse.Namespace) -> int:
+    from ._console import run_console
+
+    config = _config_from(args)
+    configure_logging(
+        level=config.log_level.number,
+        fmt=config.log_format,
+        redact_keys=config.redact_keys,
+        stream=sys.stderr,
+    )
+    app = resolve_app(args.target)
+    return run_console(app, config)
+
+
+def _tree(args: argparse.Namespace) -> int:
+    address = args.admin
+    if address is None:
+        address = load_config(path=args.config).admin_bind
+        if not address:
+            _fail("admin_bind is disabled in the config; pass --admin HOST:PORT")
+    url = f"http://{address}{TREE_PATH}" + ("" if args.json else "?format=text")
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            body = response.read().decode()
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        print(f"megatrio: error: no admin listener at {address}: {reason}", file=sys.stderr)
+        return EXIT_FATAL
+    if args.json:
+        body = json.dumps(json.loads(body), indent=2) + "\n"
+    sys.stdout.write(body)
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``megatrio`` command and ``python -m megatrio``; returns the exit code."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            return _run(args)
+        if args.command == "console":
+            return _console(args)
+        return _tree(args)
+    except (ConfigError, AppNotFound, _UsageError) as exc:
+        print(f"megatrio: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def entry_point() -> NoReturn:
+    """Console-script entry: exit with :func:`main`'s code."""
+    sys.exit(main())

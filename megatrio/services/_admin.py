@@ -1,0 +1,60 @@
+"""The admin listener: introspection endpoints, served on loopback by default.
+
+Everything it returns passes through the log redaction first: error texts in the tree can
+carry whatever an exception message carried.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Callable
+from typing import Any
+
+from .._tree import format_tree
+from ._http import ASGIApp, Receive, Scope, Send, send_body, send_json
+from ._redact import Redactor
+
+TREE_PATH = "/_megatrio/tree"
+
+
+async def serve_lifespan(receive: Receive, send: Send) -> None:
+    """A complete ASGI lifespan protocol for an app with nothing to start or stop.
+
+    hypercorn's trio worker treats an app that simply returns from the lifespan scope as a
+    failed startup, so the protocol is answered in full.
+    """
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def admin_app(snapshot: Callable[[], dict[str, Any]], redactor: Redactor) -> ASGIApp:
+    """ASGI app for ``GET /_megatrio/tree`` (JSON; ``?format=text`` for a tree) and ``/healthz``."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await serve_lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        if scope["method"] not in {"GET", "HEAD"}:
+            await send_body(send, 405, b"method not allowed\n")
+            return
+        path = scope["path"]
+        if path == "/healthz":
+            await send_body(send, 200, b"ok\n")
+        elif path == TREE_PATH:
+            tree = redactor.redact(snapshot())
+            query = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1"))
+            if query.get("format") == ["text"]:
+                await send_body(send, 200, (format_tree(tree) + "\n").encode())
+            else:
+                await send_json(send, 200, tree)
+        else:
+            await send_body(send, 404, b"not found\n")
+
+    return app

@@ -1,0 +1,221 @@
+"""``megatrio run`` / ``tree`` / ``console`` end to end: real processes, real sockets."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+
+from .cli_support import APPS, Process, Server, raw_request
+
+
+@pytest.fixture
+def basic() -> Server:
+    server = Server("basic:Basic")
+    yield server
+    server.kill()
+
+
+def test_serves_routes_health_readiness_and_the_admin_tree(basic: Server) -> None:
+    assert basic.get("/") == (200, '{"app":"basic"}\n')
+    assert basic.get("/healthz") == (200, "ok\n")
+    status, body = basic.get("/readyz")
+    assert (status, json.loads(body)) == (200, {"ready": True, "not_ready": []})
+    # Introspection lives on the admin listener only.
+    assert basic.get("/_megatrio/tree")[0] == 404
+    status, body = basic.get("/_megatrio/tree", base=basic.admin)
+    tree = json.loads(body)
+    assert status == 200
+    assert [c["name"] for c in tree["children"]] == ["http", "admin", "worker"]
+    assert all(c["state"] == "running" for c in tree["children"])
+    # Every log record carries the supervision path of the task that logged it.
+    serving = [r for r in basic.records() if "serving http on" in r["event"]]
+    assert serving[0]["task"] == "basic/http"
+    basic.signal(signal.SIGTERM)
+    assert basic.finish() == 0
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET / HTTP/1.0\r\n\r\n",
+    ],
+    ids=["connection-close", "health-close", "http10"],
+)
+def test_connection_close_and_http10_requests_complete_and_close(
+    basic: Server, request_bytes: bytes
+) -> None:
+    data, eof = raw_request(basic.port, request_bytes)
+    assert data.startswith(b"HTTP/1.1 200")
+    assert eof, "the server must close the connection after a Connection: close response"
+
+
+def test_sigterm_lets_a_slow_request_finish_then_exits_zero(basic: Server) -> None:
+    result: dict[str, tuple[int, str]] = {}
+    request = threading.Thread(target=lambda: result.update(slow=basic.get("/slow?seconds=1.5")))
+    request.start()
+    basic.wait_for(lambda: True, timeout=0.3)  # the request is in flight on the server
+    basic.signal(signal.SIGTERM)
+    request.join(timeout=20)
+    assert result["slow"] == (200, "slow done")
+    assert basic.finish() == 0
+    events = [r["event"] for r in basic.records()]
+    assert "received SIGTERM: stopping gracefully" in events
+    assert events[-1] == "runtime basic stopped"
+    # Children stop before the HTTP server drains; on_stop runs after both.
+    assert basic.out.index("worker stopped") < basic.out.index("on_stop")
+
+
+def test_readyz_fails_during_a_graceful_stop() -> None:
+    server = Server("basic:SlowStop")
+    try:
+        server.signal(signal.SIGTERM)
+        server.wait_line("received SIGTERM")
+        status, body = server.get("/readyz")
+        assert status == 503
+        assert json.loads(body)["ready"] is False
+        assert server.finish() == 0
+    finally:
+        server.kill()
+
+
+def test_second_signal_stops_at_once() -> None:
+    server = Server("basic:SlowStop", "--grace-seconds", "60")
+    try:
+        server.signal(signal.SIGTERM)
+        server.wait_line("received SIGTERM")
+        server.signal(signal.SIGINT)
+        assert server.finish(timeout=10) == 0
+        assert "worker stopped" not in server.out  # cancelled before its 1.5 s cleanup
+        assert any("received SIGINT again" in r["event"] for r in server.records())
+    finally:
+        server.kill()
+
+
+def test_a_failing_route_is_a_500_logged_redacted_and_serving_continues(basic: Server) -> None:
+    assert basic.get("/fail")[0] == 500
+    assert basic.get("/")[0] == 200
+    basic.signal(signal.SIGTERM)
+    assert basic.finish() == 0
+    [record] = [r for r in basic.records() if r["event"] == "Exception on request GET /fail"]
+    assert record["level"] == "error"
+    assert "password=[REDACTED]" in record["exception"]
+    text = "\n".join(basic.out + basic.err)
+    assert "hunter2" not in text
+    assert "abc.def.ghi" not in text
+
+
+def test_a_child_crashing_for_good_exits_one_after_a_graceful_stop() -> None:
+    proc = Process(["run", "crashing:app", "--bind", "127.0.0.1:0", "--admin-bind", ""])
+    assert proc.finish() == 1
+    records = [json.loads(line) for line in proc.out if line.startswith("{")]
+    fatal = [r for r in records if r["level"] == "critical"]
+    assert len(fatal) == 1
+    assert "RestartIntensityExceeded" in fatal[0]["exception"]
+    assert "token=[REDACTED]" in fatal[0]["exception"]
+    assert "abc123" not in "\n".join(proc.out + proc.err)
+
+
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("nosuchmodule:app", "module 'nosuchmodule' not found"),
+        ("basic:nothing", "module 'basic' has no attribute 'nothing'"),
+        ("basic:not_an_app", "'basic:not_an_app' is not a megatrio.App (it is builtins.int)"),
+        ("basic", "expected MODULE:ATTRIBUTE (like app:App), got 'basic'"),
+    ],
+)
+def test_a_bad_app_path_is_a_one_line_error_and_exit_two(target: str, message: str) -> None:
+    proc = Process(["run", target])
+    assert proc.finish() == 2
+    [line] = proc.err
+    assert line.startswith(f"megatrio: error: {message}")
+
+
+def test_an_app_that_fails_to_import_shows_its_traceback_and_exits_one() -> None:
+    proc = Process(["run", "broken_import:app", "--log-format", "console"])
+    assert proc.finish() == 1
+    text = "\n".join(proc.out)
+    assert "loading broken_import:app failed" in text
+    assert "No module named 'definitely_not_a_real_module'" in text
+
+
+def test_bad_config_names_the_file_key_and_expected_type(tmp_path: Path) -> None:
+    config = tmp_path / "megatrio.toml"
+    config.write_text('grace_seconds = "soon"\n')
+    proc = Process(["run", "basic:Basic", "--config", str(config)])
+    assert proc.finish() == 2
+    assert proc.err == [
+        f"megatrio: error: {config}: key 'grace_seconds': expected a number of seconds, got 'soon'"
+    ]
+    config.write_text("grace_second = 3\n")
+    proc = Process(["run", "basic:Basic", "--config", str(config)])
+    assert proc.finish() == 2
+    assert f"{config}: unknown key 'grace_second'" in proc.err[0]
+
+
+def test_bad_environment_and_flags_are_named() -> None:
+    proc = Process(["run", "basic:Basic", "--bind", "nowhere"])
+    assert proc.finish() == 2
+    assert proc.err == [
+        "megatrio: error: command-line option --bind: key 'bind': expected HOST:PORT, got 'nowhere'"
+    ]
+
+
+def test_tree_command_prints_the_live_tree(basic: Server) -> None:
+    tree = Process(["tree", "--admin", basic.admin.removeprefix("http://")])
+    assert tree.finish() == 0
+    assert tree.out[0].startswith("basic [one_for_one, running")
+    assert any("worker  running" in line for line in tree.out)
+    as_json = Process(["tree", "--json", "--admin", basic.admin.removeprefix("http://")])
+    assert as_json.finish() == 0
+    assert json.loads("\n".join(as_json.out))["name"] == "basic"
+    basic.signal(signal.SIGTERM)
+    assert basic.finish() == 0
+
+
+def test_tree_command_without_a_server_says_so() -> None:
+    proc = Process(["tree", "--admin", "127.0.0.1:9"])
+    assert proc.finish() == 1
+    assert proc.err[0].startswith("megatrio: error: no admin listener at 127.0.0.1:9")
+
+
+def test_console_keeps_the_runtime_running_after_an_exception() -> None:
+    proc = Process(
+        [
+            "console",
+            "basic:Basic",
+            "--bind",
+            "127.0.0.1:0",
+            "--admin-bind",
+            "",
+        ],
+        stdin=True,
+    )
+    assert proc.proc.stdin is not None
+    proc.proc.stdin.write(
+        "1 / 0\n"
+        "print('state', rt.snapshot()['state'])\n"
+        "await trio.sleep(0.01)\n"
+        "print('children', [c['name'] for c in rt.snapshot()['children']])\n"
+    )
+    proc.proc.stdin.close()
+    assert proc.finish() == 0
+    err = "\n".join(proc.err)
+    assert "ZeroDivisionError: division by zero" in err
+    out = "\n".join(proc.out)
+    assert "state running" in out
+    assert "children ['http', 'worker']" in out
+    assert "worker stopped" in out
+
+
+def test_python_dash_m_and_the_console_script_agree() -> None:
+    proc = Process(["--help"])
+    assert proc.finish() == 0
+    assert "run" in "\n".join(proc.out)
+    assert (APPS / "basic.py").is_file()
