@@ -20,8 +20,8 @@ from ._serve import Serving as Serving
 from ._serve import serve_app as serve_app
 from ._timers import every as every
 from ._tree import format_tree as format_tree
-from .nursery._child import ChildContext as ChildContext
 from .app import App as App
+from .nursery._child import ChildContext as ChildContext
 from .nursery._child import current_child as current_child
 from .services._logging import configure_logging as configure_logging
 from .services._redact import Redactor as Redactor

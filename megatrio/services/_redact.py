@@ -6,8 +6,9 @@ sensitive when its normalised form is one of the sensitive names, or contains ``
 ``token`` or ``password``. Values under a sensitive key are replaced whole, whatever their type.
 
 Free text (log messages, exception messages, error strings in snapshots) is scrubbed of
-``Bearer`` tokens (8+ characters), ``Basic`` credentials (base64 of ``user:password``), JWT-shaped tokens, passwords in URLs, and ``key=value`` /
-``"key": "value"`` pairs whose key is sensitive.
+``Bearer`` tokens (8+ characters), ``Basic`` credentials (base64 of ``user:password``),
+JWT-shaped tokens, passwords in URLs, and ``key=value`` / ``"key": "value"`` pairs whose key
+is sensitive.
 """
 
 from __future__ import annotations

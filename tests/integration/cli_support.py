@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -76,10 +77,8 @@ class Process:
         parsed = []
         for line in list(self.out):
             if line.startswith("{"):
-                try:
+                with contextlib.suppress(json.JSONDecodeError):
                     parsed.append(json.loads(line))
-                except json.JSONDecodeError:
-                    pass
         return parsed
 
     def signal(self, signum: signal.Signals) -> None:
