@@ -42,6 +42,8 @@ class LogFormat(enum.Enum):
 
 
 class LogLevel(enum.Enum):
+    """The minimum level of records that are logged."""
+
     DEBUG = "debug"
     INFO = "info"
     WARNING = "warning"

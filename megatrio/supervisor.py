@@ -37,6 +37,7 @@ from ._exceptions import RestartIntensityExceeded, StartupFailed, SupervisorNotR
 from ._policy._backoff import DEFAULT_BACKOFF, NO_BACKOFF, Backoff
 from ._policy._checks import check_seconds
 from ._policy._window import RestartWindow
+from .nursery._backend import Spawn, now, open_spawner, running_on_trio
 from .nursery._child import (
     ChildContext,
     ExitKind,
@@ -239,7 +240,8 @@ class Supervisor:
         self._stop_requested = False
         self._give_up: RestartIntensityExceeded | None = None
         self._starting: _Child | None = None
-        self._tg: anyio.abc.TaskGroup | None = None
+        self._spawn: Spawn | None = None
+        self._on_trio = False
         self._send: MemoryObjectSendStream[ChildContext | None] | None = None
         self._lock: anyio.Lock | None = None
         self._total_restarts = 0
@@ -297,17 +299,20 @@ class Supervisor:
         if parent is not None:
             self._path = parent.path
             parent.attach_snapshot(self.snapshot)
+        # Unbounded, yet bounded by construction: at most one exit message per incarnation,
+        # and the supervise loop consumes them in order.
         send, receive = anyio.create_memory_object_stream[ChildContext | None](math.inf)
         self._send = send
-        self._lock = anyio.Lock()
+        self._lock = anyio.Lock(fast_acquire=True)
+        self._on_trio = running_on_trio()
         error: BaseException | None = None
         try:
             with send, receive:
-                async with anyio.create_task_group() as tg:
-                    self._tg = tg
+                async with open_spawner(self._on_trio) as spawn:
+                    self._spawn = spawn
                     watch = anyio.CancelScope()
                     if parent is not None:
-                        tg.start_soon(self._follow_parent_stop, parent, watch)
+                        spawn(self._follow_parent_stop, parent, watch)
                     try:
                         await self._start_initial()
                         if not self._stop_requested:
@@ -322,7 +327,7 @@ class Supervisor:
         finally:
             self._state = "stopped" if error is None else "failed"
             self._running = False
-            self._tg = None
+            self._spawn = None
             self._send = None
             self._starting = None
         if error is not None:
@@ -466,14 +471,14 @@ class Supervisor:
         raise StartupFailed(spec.name, reason) from error
 
     async def _start_incarnation(self, child: _Child) -> bool:
-        assert self._tg is not None
-        ctx = bind_context(child.spec.name, (*self._path, child.spec.name))
+        assert self._spawn is not None
+        ctx = bind_context(child.spec.name, (*self._path, child.spec.name), self._on_trio)
         child.ctx = ctx
         child.state = _ChildState.STARTING
         self._starting = child
         try:
             started = await start_child_task(
-                self._tg, ctx, child.spec.target, child.spec.args, self._on_child_exit
+                self._spawn, ctx, child.spec.target, child.spec.args, self._on_child_exit
             )
         finally:
             self._starting = None
@@ -501,7 +506,7 @@ class Supervisor:
     ) -> RestartIntensityExceeded | None:
         assert self._lock is not None
         while True:
-            if self._due and self._due[0][0] <= anyio.current_time():
+            if self._due and self._due[0][0] <= now(self._on_trio):
                 async with self._lock:
                     await self._restart_due()
             if self._give_up is not None:
@@ -509,9 +514,12 @@ class Supervisor:
             if self._stop_requested:
                 return None
             message: ChildContext | None = None
-            deadline = self._due[0][0] if self._due else math.inf
-            with anyio.move_on_at(deadline):
-                message = await receive.receive()
+            try:
+                message = receive.receive_nowait()
+            except anyio.WouldBlock:
+                deadline = self._due[0][0] if self._due else math.inf
+                with anyio.move_on_at(deadline):
+                    message = await receive.receive()
             if message is not None:
                 async with self._lock:
                     await self._handle_exit(message)
@@ -544,8 +552,8 @@ class Supervisor:
         await self._crashed(child, uptime, error)
 
     async def _crashed(self, child: _Child, uptime: float, error: BaseException | None) -> None:
-        now = anyio.current_time()
-        if not self._window.allow_restart(now, uptime):
+        current = now(self._on_trio)
+        if not self._window.allow_restart(current, uptime):
             give_up = RestartIntensityExceeded(self.name, self.max_restarts, self.period_seconds)
             give_up.__cause__ = error
             self._give_up = give_up
@@ -567,7 +575,7 @@ class Supervisor:
         attempt = self.backoff.attempt_after(child.attempt, uptime)
         delay = self.backoff.delay_seconds(attempt, self._rng.random())
         child.attempt = attempt + 1
-        due = anyio.current_time() + delay
+        due = now(self._on_trio) + delay
         for sibling in affected:
             if sibling.spec.name in self._by_name:
                 sibling.state = _ChildState.BACKOFF
@@ -583,9 +591,9 @@ class Supervisor:
         return self._children[index:]
 
     async def _restart_due(self) -> None:
-        now = anyio.current_time()
+        current = now(self._on_trio)
         batch: list[_Child] = []
-        while self._due and self._due[0][0] <= now:
+        while self._due and self._due[0][0] <= current:
             due, _, child = heapq.heappop(self._due)
             if child.restart_due == due and self._by_name.get(child.spec.name) is child:
                 batch.append(child)

@@ -14,10 +14,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any, final
 
 import anyio
-import anyio.abc
 import anyio.lowlevel
 
 from .._util import NoPublicConstructor
+from ._backend import Event, Spawn, new_event, new_scope, now
 
 Target = Callable[..., Awaitable[object]]
 """An async callable run as ``target(*args, task_status=...)``."""
@@ -67,6 +67,7 @@ class ChildContext(metaclass=NoPublicConstructor):
         "_error",
         "_exited",
         "_kind",
+        "_on_trio",
         "_ready",
         "_scope",
         "_snapshot",
@@ -78,19 +79,21 @@ class ChildContext(metaclass=NoPublicConstructor):
         "path",
     )
 
-    def __init__(self, name: str, path: tuple[str, ...]) -> None:
+    def __init__(self, name: str, path: tuple[str, ...], on_trio: bool) -> None:
         self.name = name
         """The child's name in its supervisor."""
         self.path = path
         """Names from the root supervisor down to this child."""
-        self._scope = anyio.CancelScope()
+        self._on_trio = on_trio
+        self._scope = new_scope(on_trio)
         self._started_at: float | None = None
         self._ended_at: float | None = None
         self._started_value: object = None
         self._stop_requested = False
-        self._stopping: anyio.Event | None = None
-        self._ready: anyio.Event | None = None
-        self._exited: anyio.Event | None = None
+        # Events are created only when someone waits: most children never need them.
+        self._stopping: Event | None = None
+        self._ready: Event | None = None
+        self._exited: Event | None = None
         self._kind: ExitKind | None = None
         self._error: BaseException | None = None
         self._snapshot: Callable[[], dict[str, Any]] | None = None
@@ -105,7 +108,7 @@ class ChildContext(metaclass=NoPublicConstructor):
         """
         if self._started_at is not None:
             raise RuntimeError(f"child {self.name!r} called task_status.started() twice")
-        self._started_at = anyio.current_time()
+        self._started_at = now(self._on_trio)
         self._started_value = value
         if self._ready is not None:
             self._ready.set()
@@ -124,7 +127,7 @@ class ChildContext(metaclass=NoPublicConstructor):
             await anyio.lowlevel.checkpoint()
             return
         if self._stopping is None:
-            self._stopping = anyio.Event()
+            self._stopping = new_event(self._on_trio)
         await self._stopping.wait()
 
     def uptime_seconds(self) -> float:
@@ -134,7 +137,7 @@ class ChildContext(metaclass=NoPublicConstructor):
         """
         if self._started_at is None:
             return 0.0
-        end = anyio.current_time() if self._ended_at is None else self._ended_at
+        end = now(self._on_trio) if self._ended_at is None else self._ended_at
         return end - self._started_at
 
     # -- the supervisor's side --------------------------------------------------------------
@@ -165,7 +168,7 @@ class ChildContext(metaclass=NoPublicConstructor):
         if shutdown_seconds <= 0:
             self._scope.cancel()
         elif not math.isinf(shutdown_seconds):
-            deadline = anyio.current_time() + shutdown_seconds
+            deadline = now(self._on_trio) + shutdown_seconds
             if deadline < self._scope.deadline:
                 self._scope.deadline = deadline
 
@@ -182,7 +185,7 @@ class ChildContext(metaclass=NoPublicConstructor):
             await anyio.lowlevel.checkpoint()
             return
         if self._exited is None:
-            self._exited = anyio.Event()
+            self._exited = new_event(self._on_trio)
         await self._exited.wait()
 
     async def stop(self, shutdown_seconds: float) -> None:
@@ -222,7 +225,7 @@ async def _run_target(
                 ctx._error = exc
         finished = True
     finally:
-        ctx._ended_at = anyio.current_time()
+        ctx._ended_at = now(ctx._on_trio)
         if finished:
             if ctx._stop_requested:
                 ctx._kind = ExitKind.SHUTDOWN
@@ -243,13 +246,13 @@ async def _run_target(
 
 
 async def start_child_task(
-    tg: anyio.abc.TaskGroup,
+    spawn: Spawn,
     ctx: ChildContext,
     target: Target,
     args: tuple[object, ...],
     on_exit: Callable[[ChildContext], None],
 ) -> bool:
-    """Run *target* as *ctx* in *tg* and wait until it reports ready or exits.
+    """Run *target* as *ctx* with *spawn* and wait until it reports ready or exits.
 
     Returns True once it has called ``started()``; False when it exited first (its
     :attr:`~ChildContext.error` says why, ``None`` for a return without ``started()``). After
@@ -258,8 +261,8 @@ async def start_child_task(
 
     Cancelling this call cancels the wait, not the child.
     """
-    ctx._ready = anyio.Event()
-    tg.start_soon(_run_target, ctx, target, args, on_exit, name="/".join(ctx.path))
+    ctx._ready = new_event(ctx._on_trio)
+    spawn(_run_target, ctx, target, args, on_exit, name="/".join(ctx.path))
     try:
         await ctx._ready.wait()
     finally:
@@ -267,6 +270,6 @@ async def start_child_task(
     return ctx._started_at is not None
 
 
-def bind_context(name: str, path: tuple[str, ...]) -> ChildContext:
-    """A fresh incarnation context for *name* at *path*."""
-    return ChildContext._create(name, path)
+def bind_context(name: str, path: tuple[str, ...], on_trio: bool) -> ChildContext:
+    """A fresh incarnation context for *name* at *path*, native to trio when *on_trio*."""
+    return ChildContext._create(name, path, on_trio)
