@@ -2,8 +2,8 @@
 
 Keys are compared after normalisation — lower case, everything but letters and digits
 removed — so ``Set-Cookie``, ``set_cookie`` and ``setCookie`` are the same key. A key is
-sensitive when its normalised form is one of the sensitive names, or contains ``secret``,
-``token`` or ``password``. Values under a sensitive key are replaced whole, whatever their type.
+sensitive when its normalised form ends with one of the sensitive names (``X-Api-Key``,
+``db_authorization``), or contains ``secret``, ``token`` or ``password``. Values under a sensitive key are replaced whole, whatever their type.
 
 Free text (log messages, exception messages, error strings in snapshots) is scrubbed of
 ``Bearer`` tokens (8+ characters), ``Basic`` credentials (base64 of ``user:password``),
@@ -14,6 +14,7 @@ is sensitive.
 from __future__ import annotations
 
 import base64
+import functools
 import binascii
 import re
 from collections.abc import Iterable, Mapping
@@ -66,11 +67,13 @@ class Redactor:
     *extra_keys* adds names to the default sensitive set (they are normalised the same way).
     """
 
-    __slots__ = ("_exact", "_pairs")
+    __slots__ = ("_exact", "_pairs", "_sensitive")
 
     def __init__(self, extra_keys: Iterable[str] = ()) -> None:
         keys = (*DEFAULT_SENSITIVE_KEYS, *extra_keys)
-        self._exact = frozenset(normalize_key(k) for k in keys)
+        self._exact = tuple(sorted({normalize_key(k) for k in keys}))
+        # Bounded: keys come from arbitrary log data, and an unbounded cache would be a leak.
+        self._sensitive = functools.lru_cache(maxsize=4096)(self._decide)
         # A key token made of letters, digits, '-' and '_' that, normalised, is sensitive.
         # The regex finds candidates; _mask_pair decides with is_sensitive.
         self._pairs = re.compile(
@@ -80,8 +83,13 @@ class Redactor:
 
     def is_sensitive(self, key: str) -> bool:
         """Whether values under *key* must never be shown."""
+        return self._sensitive(key)
+
+    def _decide(self, key: str) -> bool:
         norm = normalize_key(key)
-        return norm in self._exact or any(s in norm for s in SENSITIVE_SUBSTRINGS)
+        return any(norm.endswith(name) for name in self._exact) or any(
+            s in norm for s in SENSITIVE_SUBSTRINGS
+        )
 
     def redact(self, value: Any) -> Any:
         """A copy of *value* with sensitive keys masked and strings scrubbed, at any depth.

@@ -1,0 +1,98 @@
+"""Config: TOML, pyproject, environment and flags; every bad input named precisely."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from megatrio import Config, ConfigError, LogFormat, LogLevel, load_config
+
+
+def test_defaults_without_any_source(tmp_path: Path) -> None:
+    config = load_config(directory=tmp_path, environ={})
+    assert config == Config()
+    assert config.bind == ("127.0.0.1:8000",)
+    assert config.admin_bind == "127.0.0.1:8001"
+
+
+def test_precedence_file_then_environment_then_flags(tmp_path: Path) -> None:
+    (tmp_path / "megatrio.toml").write_text(
+        'bind = ["0.0.0.0:9000"]\ngrace_seconds = 7\nlog_level = "debug"\n'
+        'redact_keys = ["session_id"]\n'
+    )
+    config = load_config(
+        directory=tmp_path,
+        environ={"MEGATRIO_GRACE_SECONDS": "9.5", "MEGATRIO_LOG_FORMAT": "JSON", "OTHER": "x"},
+        overrides={"log_level": "warning", "bind": None},
+    )
+    assert config.bind == ("0.0.0.0:9000",)
+    assert config.grace_seconds == 9.5
+    assert config.log_format is LogFormat.JSON
+    assert config.log_level is LogLevel.WARNING
+    assert config.redact_keys == ("session_id",)
+
+
+def test_pyproject_tool_table_is_found(tmp_path: Path) -> None:
+    (tmp_path / "pyproject.toml").write_text('[tool.megatrio]\nadmin_bind = ""\n')
+    assert load_config(directory=tmp_path, environ={}).admin_bind == ""
+    (tmp_path / "megatrio.toml").write_text('admin_bind = "127.0.0.1:7000"\n')
+    assert load_config(directory=tmp_path, environ={}).admin_bind == "127.0.0.1:7000"
+
+
+def test_list_values_from_the_environment_are_comma_separated(tmp_path: Path) -> None:
+    config = load_config(directory=tmp_path, environ={"MEGATRIO_BIND": "[::1]:80, 127.0.0.1:0"})
+    assert config.bind == ("[::1]:80", "127.0.0.1:0")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("grace_seconds = -1\n", "key 'grace_seconds': expected a number of seconds >= 0, got -1"),
+        ('grace_seconds = "x"\n', "key 'grace_seconds': expected a number of seconds, got 'x'"),
+        ("max_restarts = 1.5\n", "key 'max_restarts': expected an integer >= 0, got 1.5"),
+        ("max_restarts = true\n", "key 'max_restarts': expected an integer >= 0, got True"),
+        ("period_seconds = 0\n", "key 'period_seconds': expected a finite number of seconds > 0"),
+        ('log_level = "loud"\n', "key 'log_level': expected one of 'debug', 'info'"),
+        ('bind = ["nohost"]\n', "key 'bind': expected HOST:PORT, got 'nohost'"),
+        ('bind = ["h:70000"]\n', "key 'bind': port must be 0..65535, got 70000"),
+        ("bind = []\n", "key 'bind': expected at least one HOST:PORT address"),
+        ("bind = [1]\n", "key 'bind': expected a list of strings, got [1]"),
+        ("colour = 1\n", "unknown key 'colour' (known keys: bind, admin_bind"),
+        ("grace_seconds = \n", "not valid TOML"),
+    ],
+)
+def test_bad_file_values_name_file_key_and_expectation(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "megatrio.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path=path, environ={})
+    assert str(info.value).startswith(str(path))
+    assert message in str(info.value)
+
+
+def test_bad_environment_values_name_the_variable(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="environment variable MEGATRIO_PERIOD: unknown key"):
+        load_config(directory=tmp_path, environ={"MEGATRIO_PERIOD": "3"})
+    with pytest.raises(
+        ConfigError, match="environment variable MEGATRIO_MAX_RESTARTS: key 'max_restarts'"
+    ):
+        load_config(directory=tmp_path, environ={"MEGATRIO_MAX_RESTARTS": "many"})
+    # Variables megatrio sets for its own child processes are not configuration.
+    load_config(directory=tmp_path, environ={"MEGATRIO__INTERNAL": "1"})
+
+
+def test_missing_config_file_and_bad_pyproject(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(path=tmp_path / "nope.toml", environ={})
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text("[tool]\nmegatrio = 3\n")
+    with pytest.raises(ConfigError, match=r"\[tool.megatrio\] must be a table"):
+        load_config(path=pyproject, environ={})
+
+
+def test_direct_construction_is_validated_too() -> None:
+    with pytest.raises(ConfigError, match="Config: key 'grace_seconds'"):
+        Config(grace_seconds=-2)
