@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 from collections.abc import Awaitable, Callable, MutableMapping, Sequence
 from typing import Any
 
 import hypercorn.config
-import hypercorn.trio
 import trio
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
 
 from ..nursery._child import current_child
+from ._sockets import bind_listeners, closing_all
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -102,7 +105,7 @@ async def serve_http(
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve *app* on *binds* until this supervised child is asked to stop.
+    """Serve *app* on *binds* (``HOST:PORT`` or ``fd://N``) until this child is asked to stop.
 
     Reports started — with the bound URLs (real ports when port 0 was asked) — once the
     sockets listen. On the stop request it stops accepting and lets in-flight requests finish
@@ -110,7 +113,6 @@ async def serve_http(
     """
     ctx = current_child()
     config = hypercorn.config.Config()
-    config.bind = list(binds)
     config.graceful_timeout = graceful_seconds
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
@@ -121,25 +123,29 @@ async def serve_http(
         else:
             await ctx.wait_stopping()
 
-    async with trio.open_nursery() as nursery:
-        bound: list[str] = await nursery.start(
-            _serve, app, config, shutdown_trigger, name=f"hypercorn {label}"
-        )
-        log.info("serving %s on %s", label, ", ".join(bound))
-        task_status.started(bound)
+    with closing_all(bind_listeners(binds, backlog=config.backlog)) as sockets:
+        async with trio.open_nursery() as nursery:
+            bound: list[str] = await nursery.start(
+                _serve, app, config, sockets, shutdown_trigger, name=f"hypercorn {label}"
+            )
+            log.info("serving %s on %s", label, ", ".join(bound))
+            task_status.started(bound)
 
 
 async def _serve(
     app: ASGIApp,
     config: hypercorn.config.Config,
+    sockets: Sequence[socket.socket],
     shutdown_trigger: Callable[[], Awaitable[None]],
     *,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    await hypercorn.trio.serve(
-        app,  # type: ignore[arg-type]
+    # hypercorn.trio.serve binds its own sockets and leaks one whose bind fails; its worker
+    # entry point takes ours. It reports started with the bound URLs.
+    await worker_serve(
+        wrap_app(app, config.wsgi_max_body_size, "asgi"),  # type: ignore[arg-type]
         config,
+        sockets=hypercorn.config.Sockets([], list(sockets), []),
         shutdown_trigger=shutdown_trigger,
         task_status=task_status,
-        mode="asgi",
     )

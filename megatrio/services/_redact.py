@@ -3,7 +3,8 @@
 Keys are compared after normalisation — lower case, everything but letters and digits
 removed — so ``Set-Cookie``, ``set_cookie`` and ``setCookie`` are the same key. A key is
 sensitive when its normalised form ends with one of the sensitive names (``X-Api-Key``,
-``db_authorization``), or contains ``secret``, ``token`` or ``password``. Values under a sensitive key are replaced whole, whatever their type.
+``db_authorization``), or contains ``secret``, ``token`` or ``password``. Values under a
+sensitive key are replaced whole, whatever their type.
 
 Free text (log messages, exception messages, error strings in snapshots) is scrubbed of
 ``Bearer`` tokens (8+ characters), ``Basic`` credentials (base64 of ``user:password``),
@@ -14,8 +15,8 @@ is sensitive.
 from __future__ import annotations
 
 import base64
-import functools
 import binascii
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, final
