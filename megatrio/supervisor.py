@@ -159,6 +159,7 @@ class _Child:
         "last_error",
         "order",
         "restart_due",
+        "restart_token",
         "restarts",
         "spec",
         "state",
@@ -173,6 +174,9 @@ class _Child:
         self.last_error: BaseException | None = None
         self.attempt = 0
         self.restart_due: float | None = None
+        # Identifies the one live entry of this child in the supervisor's restart heap;
+        # rescheduling bumps it, which makes every older entry stale.
+        self.restart_token = 0
 
 
 _NOT_STARTED = "returned before calling task_status.started()"
@@ -235,7 +239,7 @@ class Supervisor:
         self._path: tuple[str, ...] = (name,)
         self._children: list[_Child] = []
         self._by_name: dict[str, _Child] = {}
-        self._due: list[tuple[float, int, _Child]] = []
+        self._due: list[tuple[float, int, int, _Child]] = []
         self._order = itertools.count()
         self._stop_requested = False
         self._give_up: RestartIntensityExceeded | None = None
@@ -577,10 +581,14 @@ class Supervisor:
         child.attempt = attempt + 1
         due = now(self._on_trio) + delay
         for sibling in affected:
-            if sibling.spec.name in self._by_name:
-                sibling.state = _ChildState.BACKOFF
-                sibling.restart_due = due
-                heapq.heappush(self._due, (due, sibling.order, sibling))
+            if self._by_name.get(sibling.spec.name) is sibling:
+                self._schedule(sibling, due)
+
+    def _schedule(self, child: _Child, due: float) -> None:
+        child.state = _ChildState.BACKOFF
+        child.restart_due = due
+        child.restart_token += 1
+        heapq.heappush(self._due, (due, child.order, child.restart_token, child))
 
     def _affected(self, child: _Child) -> list[_Child]:
         if self.strategy is Strategy.ONE_FOR_ONE:
@@ -594,8 +602,9 @@ class Supervisor:
         current = now(self._on_trio)
         batch: list[_Child] = []
         while self._due and self._due[0][0] <= current:
-            due, _, child = heapq.heappop(self._due)
-            if child.restart_due == due and self._by_name.get(child.spec.name) is child:
+            _, _, token, child = heapq.heappop(self._due)
+            live = child.restart_due is not None and token == child.restart_token
+            if live and self._by_name.get(child.spec.name) is child:
                 batch.append(child)
         batch.sort(key=lambda c: c.order)
         for index, child in enumerate(batch):
@@ -609,7 +618,7 @@ class Supervisor:
                     return
                 for rest in batch[index + 1 :]:
                     if rest.restart_due is not None:
-                        heapq.heappush(self._due, (rest.restart_due, rest.order, rest))
+                        self._schedule(rest, rest.restart_due)
                 # A failed restart is a crash with no uptime.
                 await self._crashed(child, 0.0, child.last_error)
                 return
@@ -638,6 +647,8 @@ class Supervisor:
             for child in reversed(self._children):
                 if child.ctx is not None:
                     await self._stop_one(child)
+                elif child.state is _ChildState.BACKOFF:
+                    child.state = _ChildState.EXITED
                 child.restart_due = None
             self._due.clear()
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 import attrs
 
 from ._checks import check_seconds
+
+
+_LOG_FLOAT_MAX = math.log(1.7976931348623157e308)
 
 
 def _seconds(
@@ -50,16 +54,30 @@ class Backoff:
     stable_seconds: float = attrs.field(default=5.0, validator=_seconds())
 
     def delay_seconds(self, attempt: int, rand: float) -> float:
-        """Seconds to wait before restart number *attempt*; *rand* is uniform in ``[0, 1)``."""
+        """Seconds to wait before restart number *attempt*; *rand* is uniform in ``[0, 1)``.
+
+        Computed in log space: any attempt number, however large, neither overflows nor
+        computes a huge power.
+        """
         if attempt <= 0:
             return 0.0
-        try:
-            base = self.initial_seconds * self.multiplier ** (attempt - 1)
-        except OverflowError:
-            base = self.max_seconds
-        base = min(self.max_seconds, base)
+        base = self._base_seconds(attempt)
         scaled = base * (1.0 - self.jitter + 2.0 * self.jitter * rand)
         return min(self.max_seconds, max(0.0, scaled))
+
+    def _base_seconds(self, attempt: int) -> float:
+        initial, cap = self.initial_seconds, self.max_seconds
+        multiplier = float(self.multiplier)
+        if initial == 0 or cap == 0 or multiplier == 1.0:
+            return min(cap, initial)
+        try:
+            exponent = float(attempt - 1)
+        except OverflowError:
+            exponent = math.inf
+        log_base = math.log(initial) + exponent * math.log(multiplier)
+        if math.isinf(cap):
+            return math.exp(log_base) if log_base < _LOG_FLOAT_MAX else math.inf
+        return cap if log_base >= math.log(cap) else math.exp(log_base)
 
     def attempt_after(self, attempt: int, uptime_seconds: float) -> int:
         """The attempt number for a crash after *uptime_seconds*, given the previous *attempt*.

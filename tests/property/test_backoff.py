@@ -66,7 +66,7 @@ def test_huge_attempts_never_overflow(backoff: Backoff, attempt: int, rand: floa
 
 
 @given(
-    backoffs(multiplier=st.integers(min_value=1, max_value=10)),  # type: ignore[arg-type]
+    backoffs(multiplier=st.integers(min_value=1, max_value=10)),
     st.integers(min_value=1, max_value=20_000),
     rand_draws,
 )

@@ -707,3 +707,42 @@ def test_supervisor_validation() -> None:
         Supervisor(max_restarts=-1)
     with pytest.raises(TypeError, match=r"strategy must be a megatrio\.Strategy"):
         Supervisor(strategy="one_for_one")  # type: ignore[arg-type]
+
+
+async def test_a_failed_group_restart_starts_each_sibling_once() -> None:
+    journal: list[str] = []
+    c0, c1 = Puppet("c0", journal), Puppet("c1", journal)
+    sup = Supervisor(
+        [c0.spec(shutdown_seconds=0), c1.spec(shutdown_seconds=0)],
+        strategy=Strategy.ONE_FOR_ALL,
+        max_restarts=2,
+        backoff=NO_BACKOFF,
+        name="grp",
+    )
+    async with anyio.create_task_group() as tg:
+        running = await start(tg, sup)
+        c0.fail_start = 1
+        c0.crash()
+        await settle()
+        # crash c0 -> stop c1 -> c0's restart fails (a crash) -> group again -> both start once.
+        assert journal[2:] == ["crash c0", "stop c1", "fail-start c0", "start c0", "start c1"]
+        assert len(task_names("grp/c1")) == 1
+        assert states(sup) == {"c0": "running", "c1": "running"}
+        sup.stop()
+    assert running.error is None
+    assert states(sup) == {"c0": "exited", "c1": "exited"}
+
+
+async def test_children_waiting_in_backoff_are_exited_after_stop() -> None:
+    journal: list[str] = []
+    w = Puppet("w", journal)
+    sup = Supervisor([w.spec()], backoff=Backoff(initial_seconds=30, jitter=0), max_restarts=9)
+    async with anyio.create_task_group() as tg:
+        await start(tg, sup)
+        w.crash()
+        await settle()
+        w.crash()
+        await settle()
+        assert states(sup) == {"w": "restarting"}
+        sup.stop()
+    assert states(sup) == {"w": "exited"}
