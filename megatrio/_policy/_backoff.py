@@ -10,7 +10,6 @@ import attrs
 
 from ._checks import check_seconds
 
-
 _LOG_FLOAT_MAX = math.log(1.7976931348623157e308)
 
 
