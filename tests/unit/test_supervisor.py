@@ -724,7 +724,8 @@ async def test_a_failed_group_restart_starts_each_sibling_once() -> None:
         c0.fail_start = 1
         c0.crash()
         await settle()
-        # crash c0 -> c1 stopped (grace 0) -> c0's restart fails (a crash) -> group again -> both start once.
+        # c0 crashes, c1 is stopped (grace 0), c0's restart fails (another crash), then the
+        # group restarts again: each sibling starts exactly once.
         assert journal[2:] == ["crash c0", "cancelled c1", "fail-start c0", "start c0", "start c1"]
         assert len(task_names("grp/c1")) == 1
         assert states(sup) == {"c0": "running", "c1": "running"}
