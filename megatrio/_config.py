@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import json
 import math
 import os
 import tomllib
@@ -151,7 +152,11 @@ def _addresses(value: Any, from_text: bool) -> tuple[str, ...]:
     if not addresses:
         raise ValueError("expected at least one HOST:PORT address")
     for address in addresses:
-        parse_address(address)
+        if address.startswith("fd://"):
+            if not address.removeprefix("fd://").isdigit():
+                raise ValueError(f"expected fd://N with N a file descriptor, got {address!r}")
+        else:
+            parse_address(address)
     return addresses
 
 
@@ -173,7 +178,7 @@ class Config:
 
     bind: tuple[str, ...] = attrs.field(
         default=("127.0.0.1:8000",),
-        metadata=_meta(_addresses, "public HTTP listeners, HOST:PORT (port 0: any free)"),
+        metadata=_meta(_addresses, "public listeners, HOST:PORT (port 0: any free) or fd://N"),
     )
     admin_bind: str = attrs.field(
         default="127.0.0.1:8001",
@@ -197,11 +202,48 @@ class Config:
     redact_keys: tuple[str, ...] = attrs.field(
         default=(), metadata=_meta(_strings, "extra keys whose values are masked in logs")
     )
+    workers: int = attrs.field(
+        default=1, metadata=_meta(_count(1), "worker processes; 1 serves in-process")
+    )
+    worker_max_restarts: int = attrs.field(
+        default=4, metadata=_meta(_count(0), "rapid worker crashes tolerated ...")
+    )
+    worker_period_seconds: float = attrs.field(
+        default=10.0, metadata=_meta(_positive_seconds, "... within this many seconds")
+    )
+    worker_min_uptime_seconds: float = attrs.field(
+        default=1.0, metadata=_meta(_seconds, "a crash after less uptime is rapid")
+    )
 
     def __attrs_post_init__(self) -> None:
         # Direct construction gets the same checks as loading.
         for field in attrs.fields(Config):
             _parse("Config", field.name, getattr(self, field.name), from_text=False)
+
+
+def config_to_json(config: Config) -> str:
+    """*config* as JSON, for handing to a child process (see :func:`config_from_json`)."""
+    values = {field.name: _plain(getattr(config, field.name)) for field in attrs.fields(Config)}
+    return json.dumps(values)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def config_from_json(text: str, source: str) -> Config:
+    """The :class:`Config` that :func:`config_to_json` wrote; *source* names it in errors."""
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{source}: not valid JSON: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: expected a JSON object")
+    return Config(**{k: _parse(source, k, v, from_text=False) for k, v in values.items()})
 
 
 def config_keys() -> tuple[str, ...]:

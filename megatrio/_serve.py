@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
@@ -64,13 +65,15 @@ async def serve_app(
     config: Config,
     *,
     handle_signals: bool = True,
+    extra_children: Sequence[ChildSpec] = (),
     task_status: trio.TaskStatus[Serving] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve *app* under a runtime until stopped (signal, ``app.rt.stop()``) or a fatal error.
 
     Start order: ``app.on_start(rt)``, the public HTTP listener, the admin listener (if
-    ``config.admin_bind``), then ``app.children()``. Reports started with the bound addresses
-    once all are ready. Stops in reverse, then ``app.on_stop(rt)``, then resources.
+    ``config.admin_bind``), then ``app.children()`` and *extra_children*. Reports started
+    with the bound addresses once all are ready. Stops in reverse, then ``app.on_stop(rt)``,
+    then resources.
 
     Raises whatever :func:`mega_runtime` raises for a fatal error (already logged).
     """
@@ -110,7 +113,7 @@ async def serve_app(
                     shutdown_seconds=1.0,
                 )
             )
-        for spec in app.children():
+        for spec in (*app.children(), *extra_children):
             await rt.start_child(spec)
         readiness.started = True
         assert isinstance(http_urls, list)

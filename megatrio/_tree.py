@@ -33,6 +33,8 @@ def _supervisor_lines(snap: Mapping[str, Any], indent: str, lines: list[str]) ->
             "-" if uptime is None else f"up {uptime:.1f}s",
             f"restarts {child['restarts']}",
         ]
+        for key, value in (child.get("info") or {}).items():
+            parts.append(f"{key}={value}")
         if child["last_error"]:
             parts.append(f"last error: {child['last_error']}")
         lines.append(f"{indent}{branch}{'  '.join(parts)}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import logging
 import sys
@@ -85,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--admin-bind", metavar="HOST:PORT", help="admin listener ('' disables)")
         p.add_argument("--grace-seconds", metavar="SECONDS", help="bound on a graceful stop")
+        p.add_argument("--workers", metavar="N", help="worker processes under a primary")
         p.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning, error")
         p.add_argument("--log-format", metavar="FORMAT", help="auto, json or console")
 
@@ -92,6 +94,12 @@ def _parser() -> argparse.ArgumentParser:
     add_serving_options(
         commands.add_parser("console", help="serve an App with a REPL (rt and app in scope)")
     )
+    worker = commands.add_parser("worker-process")  # started by a primary, not by people
+    worker.add_argument("target")
+    worker.add_argument("--index", type=int, required=True)
+    worker.add_argument("--status-fd", type=int, required=True)
+    worker.add_argument("--parent-fd", type=int, required=True)
+    worker.add_argument("--listen-fd", type=int, action="append", default=[])
     tree = commands.add_parser("tree", help="print the live supervision tree of a running app")
     tree.add_argument("--admin", metavar="HOST:PORT", help="admin listener (default: config)")
     tree.add_argument("--config", type=Path, help="TOML file to read admin_bind from")
@@ -104,10 +112,25 @@ def _config_from(args: argparse.Namespace) -> Config:
         "bind": ",".join(args.bind) if args.bind else None,
         "admin_bind": args.admin_bind,
         "grace_seconds": args.grace_seconds,
+        "workers": getattr(args, "workers", None),
         "log_level": args.log_level,
         "log_format": args.log_format,
     }
     return load_config(path=args.config, overrides=overrides)
+
+
+def _check_module(target: str) -> None:
+    """Without importing it: the module of *target* exists (the primary never imports the app;
+    a missing attribute shows up as workers exiting with code 2)."""
+    module_name, sep, attr = target.partition(":")
+    if not sep or not module_name or not attr:
+        raise AppNotFound(f"expected MODULE:ATTRIBUTE (like app:App), got {target!r}")
+    search = str(Path.cwd().resolve())
+    if search not in sys.path:
+        sys.path.insert(0, search)
+    top = module_name.split(".")[0]
+    if importlib.util.find_spec(top) is None:
+        raise AppNotFound(f"module {module_name!r} not found (searched {search})")
 
 
 def _fail(message: str) -> NoReturn:
@@ -121,6 +144,11 @@ def _run(args: argparse.Namespace) -> int:
     configure_logging(
         level=config.log_level.number, fmt=config.log_format, redact_keys=config.redact_keys
     )
+    if config.workers > 1:
+        from ._cluster import serve_cluster
+
+        _check_module(args.target)
+        return trio.run(serve_cluster, args.target, config)
     try:
         app = resolve_app(args.target)
     except AppNotFound:
@@ -178,6 +206,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args)
         if args.command == "console":
             return _console(args)
+        if args.command == "worker-process":
+            from ._cluster import worker_process_main
+
+            return worker_process_main(
+                args.target, args.index, args.status_fd, args.parent_fd, args.listen_fd
+            )
         return _tree(args)
     except (ConfigError, AppNotFound, _UsageError) as exc:
         print(f"megatrio: error: {exc}", file=sys.stderr)

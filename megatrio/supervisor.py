@@ -393,8 +393,9 @@ class Supervisor:
         """The supervision tree below this supervisor as plain data (JSON-serialisable).
 
         Not a checkpoint. Each child has ``name``, ``state``, ``restart``, ``restarts``,
-        ``uptime_seconds`` (``None`` when not running), ``last_error`` (one line or ``None``)
-        and, for a nested supervisor, ``supervisor`` (its own snapshot).
+        ``uptime_seconds`` (``None`` when not running), ``last_error`` (one line or ``None``),
+        ``info`` when the child annotated itself (:meth:`ChildContext.annotate`) and, for a
+        nested supervisor, ``supervisor`` (its own snapshot).
         """
         return {
             "name": self.name,
@@ -669,6 +670,8 @@ class Supervisor:
             "uptime_seconds": ctx.uptime_seconds() if running and ctx is not None else None,
             "last_error": None if child.last_error is None else describe(child.last_error),
         }
+        if ctx is not None and ctx._info:
+            entry["info"] = dict(ctx._info)
         subtree = None if ctx is None else ctx.subtree()
         if subtree is not None:
             entry["supervisor"] = subtree

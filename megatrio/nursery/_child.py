@@ -66,6 +66,7 @@ class ChildContext(metaclass=NoPublicConstructor):
         "_ended_at",
         "_error",
         "_exited",
+        "_info",
         "_kind",
         "_on_trio",
         "_ready",
@@ -97,6 +98,7 @@ class ChildContext(metaclass=NoPublicConstructor):
         self._kind: ExitKind | None = None
         self._error: BaseException | None = None
         self._snapshot: Callable[[], dict[str, Any]] | None = None
+        self._info: dict[str, object] | None = None
 
     # -- the child's side -------------------------------------------------------------------
 
@@ -193,6 +195,20 @@ class ChildContext(metaclass=NoPublicConstructor):
         if self._kind is None:
             self.request_stop(shutdown_seconds)
         await self.wait_exited()
+
+    def annotate(self, **info: object) -> None:
+        """Add plain-data facts (``pid=...``) to this child's entry in supervisor snapshots.
+
+        Not a checkpoint. Values must be JSON-serialisable; later calls update earlier ones.
+        """
+        if self._info is None:
+            self._info = {}
+        self._info.update(info)
+
+    @property
+    def info(self) -> dict[str, object]:
+        """What :meth:`annotate` recorded (a copy)."""
+        return dict(self._info or {})
 
     def attach_snapshot(self, provider: Callable[[], dict[str, Any]]) -> None:
         """Let the child contribute its own subtree (a nested supervisor) to snapshots."""

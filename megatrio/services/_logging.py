@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import IO, Any
 
 import structlog
@@ -46,9 +46,16 @@ class _RedactProcessor:
 
 
 def build_formatter(
-    *, fmt: LogFormat, redactor: Redactor, stream: IO[str]
+    *,
+    fmt: LogFormat,
+    redactor: Redactor,
+    stream: IO[str],
+    static_fields: Mapping[str, object] | None = None,
 ) -> structlog.stdlib.ProcessorFormatter:
-    """The formatter that renders (and redacts) every record for *stream*."""
+    """The formatter that renders (and redacts) every record for *stream*.
+
+    *static_fields* are added to every record (a worker process adds its index and pid).
+    """
     use_json = fmt is LogFormat.JSON or (fmt is LogFormat.AUTO and not stream.isatty())
     renderer: Any = (
         structlog.processors.JSONRenderer(default=repr)
@@ -59,6 +66,7 @@ def build_formatter(
         foreign_pre_chain=[
             structlog.stdlib.ExtraAdder(),
             *_shared_processors(),
+            *_static(static_fields),
         ],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
@@ -69,6 +77,20 @@ def build_formatter(
             renderer,
         ],
     )
+
+
+def _static(fields: Mapping[str, object] | None) -> list[Any]:
+    if not fields:
+        return []
+
+    def add(
+        logger: object, method: str, event_dict: MutableMapping[str, Any]
+    ) -> MutableMapping[str, Any]:
+        for key, value in fields.items():
+            event_dict.setdefault(key, value)
+        return event_dict
+
+    return [add]
 
 
 def _plain_exception(sio: IO[str], exc_info: Any) -> None:
@@ -91,6 +113,7 @@ def configure_logging(
     fmt: LogFormat = LogFormat.AUTO,
     redact_keys: Iterable[str] = (),
     stream: IO[str] | None = None,
+    static_fields: Mapping[str, object] | None = None,
 ) -> logging.Handler:
     """Route all logging through one redacting structlog handler on the root logger.
 
@@ -101,7 +124,11 @@ def configure_logging(
     stream = sys.stdout if stream is None else stream
     handler = logging.StreamHandler(stream)
     handler.set_name(_HANDLER_NAME)
-    handler.setFormatter(build_formatter(fmt=fmt, redactor=Redactor(redact_keys), stream=stream))
+    handler.setFormatter(
+        build_formatter(
+            fmt=fmt, redactor=Redactor(redact_keys), stream=stream, static_fields=static_fields
+        )
+    )
     root = logging.getLogger()
     for old in list(root.handlers):
         if old.get_name() == _HANDLER_NAME:

@@ -59,7 +59,7 @@ def test_sigterm_lets_a_slow_request_finish_then_exits_zero(basic: Server) -> No
     result: dict[str, tuple[int, str]] = {}
     request = threading.Thread(target=lambda: result.update(slow=basic.get("/slow?seconds=1.5")))
     request.start()
-    basic.wait_for(lambda: True, timeout=0.3)  # the request is in flight on the server
+    basic.wait_line("slow request started")
     basic.signal(signal.SIGTERM)
     request.join(timeout=20)
     assert result["slow"] == (200, "slow done")

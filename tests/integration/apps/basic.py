@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import trio
 from quart import request
@@ -19,14 +20,19 @@ class Basic(megatrio.App):
         self.get("/")(self.index)
         self.get("/slow")(self.slow)
         self.get("/fail")(self.fail)
+        self.get("/pid")(self.pid)
         self.add_child(megatrio.ChildSpec("worker", self.worker, shutdown_seconds=10))
 
     async def index(self) -> dict[str, str]:
         return {"app": self.name}
 
     async def slow(self) -> str:
+        log.info("slow request started")
         await trio.sleep(float(request.args.get("seconds", "1.5")))
         return "slow done"
+
+    async def pid(self) -> str:
+        return str(os.getpid())
 
     async def fail(self) -> str:
         raise RuntimeError("db login failed: password=hunter2 header Bearer abc.def.ghi")

@@ -1,0 +1,425 @@
+"""``megatrio run app:App --workers N``: a supervising primary and its worker processes.
+
+The primary binds the listening sockets once and never imports the app. Each worker is a
+``python -m megatrio worker-process`` child process that inherits the sockets and serves the
+app on them; in the primary it is a supervised child (``workers/worker-N``) under a supervisor
+with the rapid-crash rule (``worker_max_restarts`` crashes with less than
+``worker_min_uptime_seconds`` of uptime within ``worker_period_seconds``). What a Node cluster
+primary keeps by hand — a list of crash timestamps, a grace timer to remember and cancel — is
+that supervisor's :class:`RestartWindow` and a cancel-scope deadline here.
+
+Stopping: the first SIGTERM/SIGINT closes the primary's listening sockets, sends SIGTERM to every
+worker at once, and waits for them until ``now + grace_seconds``; whoever is left is killed. The
+primary exits 0 when every worker exited within the grace, 1 otherwise. A second signal kills
+at once. A worker watches a pipe whose only writer is the primary: when the primary dies, even
+by SIGKILL, the pipe reaches EOF and the worker stops.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import signal
+import socket
+import sys
+
+import attrs
+import trio
+
+from ._config import Config, config_from_json, config_to_json
+from ._exceptions import AppNotFound, MegatrioError, RestartIntensityExceeded
+from ._runtime import Runtime, mega_runtime
+from .app import App
+from .nursery._child import ChildContext, current_child
+from .nursery._errors import unwrap_group
+from .services._admin import admin_app
+from .services._http import serve_http
+from .services._logging import configure_logging
+from .services._redact import Redactor
+from .services._sockets import bind_listeners, closing_all
+from .supervisor import ChildSpec, Strategy, Supervisor
+
+log = logging.getLogger("megatrio.cluster")
+
+CONFIG_ENV = "MEGATRIO__CONFIG"
+"""The environment variable carrying the primary's config (JSON) to its workers."""
+KILL_SECONDS = 5.0
+"""How long to wait for a killed worker to be reaped."""
+EXIT_OK, EXIT_FATAL, EXIT_USAGE = 0, 1, 2
+
+
+class WorkerExited(MegatrioError):
+    """A worker process exited without being asked to: the primary's crash for that worker.
+
+    :attr:`returncode` is negative for a signal (``-9`` for SIGKILL); :attr:`booted` is False
+    when it died before it reported ready (a boot failure).
+    """
+
+    def __init__(self, index: int, pid: int, returncode: int, *, booted: bool) -> None:
+        when = "" if booted else " during boot, before it was ready"
+        super().__init__(f"worker {index} (pid {pid}) {describe_exit(returncode)}{when}")
+        self.index = index
+        self.pid = pid
+        self.returncode = returncode
+        self.booted = booted
+
+
+def describe_exit(returncode: int) -> str:
+    """``"exited with code 1"`` or ``"was killed by SIGKILL"``."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"was killed by {name}"
+    return f"exited with code {returncode}"
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+class Cluster:
+    """The primary's state: its sockets, the worker processes, and how the stop went."""
+
+    def __init__(self, target: str, config: Config, sockets: list[socket.socket]) -> None:
+        self.target = target
+        self.config = config
+        self.sockets = sockets
+        self.killed = 0
+        """Workers that had to be killed (grace ran out, or a second signal)."""
+        self.usage_error: str | None = None
+        self.deadline: float | None = None
+        """Set when the stop begins: every worker must have exited by then."""
+        self.rt: Runtime | None = None
+        self._procs: dict[int, trio.Process] = {}
+        self._terminated: set[int] = set()
+        self.workers = Supervisor(
+            [
+                ChildSpec(
+                    f"worker-{index}",
+                    self.run_worker,
+                    (index,),
+                    # The worker's own logic enforces the grace; this only bounds the kill.
+                    shutdown_seconds=config.grace_seconds + 2 * KILL_SECONDS,
+                )
+                for index in range(1, config.workers + 1)
+            ],
+            strategy=Strategy.ONE_FOR_ONE,
+            max_restarts=config.worker_max_restarts,
+            period_seconds=config.worker_period_seconds,
+            min_uptime_seconds=config.worker_min_uptime_seconds,
+            name="workers",
+        )
+
+    @property
+    def stopping(self) -> bool:
+        return self.deadline is not None
+
+    # -- children of the primary's root supervisor ------------------------------------------
+
+    async def run_workers(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """The workers' supervisor, logging one line with the numbers when it gives up."""
+        ctx = current_child()
+        assert ctx is not None
+        try:
+            await self.workers.run(task_status=task_status)
+            # The workers stop first when the primary stops; this child ends with its own stop
+            # request, never on its own (which its supervisor would take for a crash).
+            await ctx.wait_stopping()
+        except RestartIntensityExceeded as exc:
+            log.critical(
+                "giving up: more than %d rapid worker crashes (uptime under %g s) within %g s; "
+                "last: %s",
+                self.config.worker_max_restarts,
+                self.config.worker_min_uptime_seconds,
+                self.config.worker_period_seconds,
+                exc.__cause__,
+            )
+            raise
+
+    async def stop_workers_on_stop(self, *, task_status: trio.TaskStatus[None]) -> None:
+        """Started last, so stopped first: begins the stop of every worker at once."""
+        ctx = current_child()
+        assert ctx is not None
+        task_status.started()
+        await ctx.wait_stopping()
+        self.begin_stop()
+
+    def begin_stop(self) -> None:
+        """Stop listening, no more restarts, SIGTERM to every worker. Idempotent."""
+        if self.deadline is not None:
+            return
+        self.deadline = trio.current_time() + self.config.grace_seconds
+        for sock in self.sockets:
+            sock.close()
+        self.workers.stop()
+        for index, proc in self._procs.items():
+            self._terminate(index, proc)
+        log.info("stopping %d worker(s) within %g s", len(self._procs), self.config.grace_seconds)
+
+    def _terminate(self, index: int, proc: trio.Process) -> None:
+        # Exactly one SIGTERM per worker: a second one means "stop at once" to the worker.
+        if proc.returncode is None and proc.pid not in self._terminated:
+            self._terminated.add(proc.pid)
+            proc.send_signal(signal.SIGTERM)
+
+    async def run_worker(self, index: int, *, task_status: trio.TaskStatus[int]) -> None:
+        """One worker process, as a supervised child: started once spawned (uptime counts
+        from there), crashed when the process exits unasked."""
+        ctx = current_child()
+        assert ctx is not None
+        status_r, status_w = os.pipe()
+        parent_r, parent_w = os.pipe()
+        proc: trio.Process | None = None
+        try:
+            listen_fds = [sock.fileno() for sock in self.sockets]
+            command = [
+                sys.executable,
+                "-m",
+                "megatrio",
+                "worker-process",
+                self.target,
+                f"--index={index}",
+                f"--status-fd={status_w}",
+                f"--parent-fd={parent_r}",
+                *(f"--listen-fd={fd}" for fd in listen_fds),
+            ]
+            proc = await trio.lowlevel.open_process(
+                command,
+                pass_fds=(status_w, parent_r, *listen_fds),
+                env={**os.environ, CONFIG_ENV: config_to_json(self.config)},
+                # Its own session: a terminal's Ctrl-C reaches only the primary, which then
+                # sends exactly one SIGTERM (a second signal would mean "stop at once").
+                start_new_session=True,
+            )
+            os.close(status_w)
+            os.close(parent_r)
+            status_w = parent_r = -1
+            self._procs[index] = proc
+            ctx.annotate(pid=proc.pid, ready=False)
+            task_status.started(proc.pid)
+            if self.stopping:
+                self._terminate(index, proc)
+            booted = await self._wait(index, proc, status_r, ctx)
+            status_r = -1
+            if proc.returncode is not None and not ctx.stopping:
+                await self._exited_unasked(index, proc, booted, ctx)
+                return
+            await self._stop(index, proc)
+        finally:
+            for fd in (status_r, status_w, parent_r, parent_w):
+                if fd >= 0:
+                    os.close(fd)
+            if proc is not None:
+                if self._procs.get(index) is proc:
+                    del self._procs[index]
+                if proc.returncode is None:
+                    proc.kill()
+                    self.killed += 1
+                    with trio.move_on_after(KILL_SECONDS, shield=True):
+                        await proc.wait()
+
+    async def _wait(
+        self, index: int, proc: trio.Process, status_fd: int, ctx: ChildContext
+    ) -> bool:
+        """Wait for the process to exit or for a stop request; returns whether it was ready."""
+        ready = False
+        read_done = trio.Event()
+        status = trio.lowlevel.FdStream(status_fd)
+        async with status, trio.open_nursery() as nursery:
+
+            async def watch_ready() -> None:
+                nonlocal ready
+                try:
+                    data = b""
+                    while b"\n" not in data:
+                        chunk = await status.receive_some()
+                        if not chunk:
+                            return
+                        data += chunk
+                    ready = True
+                    ctx.annotate(ready=True)
+                    log.info("worker %d (pid %d) ready", index, proc.pid)
+                finally:
+                    read_done.set()
+
+            async def watch_stop(scope: trio.CancelScope) -> None:
+                await ctx.wait_stopping()
+                scope.cancel()
+
+            with trio.CancelScope() as waiting:
+                nursery.start_soon(watch_ready)
+                nursery.start_soon(watch_stop, waiting)
+                await proc.wait()
+            if proc.returncode is not None:
+                # The pipe's only writer is gone: a "ready" it wrote is read now, then EOF.
+                with trio.move_on_after(1):
+                    await read_done.wait()
+            nursery.cancel_scope.cancel()
+        return ready
+
+    async def _exited_unasked(
+        self, index: int, proc: trio.Process, booted: bool, ctx: ChildContext
+    ) -> None:
+        assert proc.returncode is not None
+        if self.stopping:
+            # It answered the SIGTERM of a stop already under way: not a crash. Stay until
+            # this child's own stop request so the supervisor does not restart it.
+            await ctx.wait_stopping()
+            return
+        if proc.returncode == EXIT_USAGE:
+            self.usage_error = f"worker {index} cannot load {self.target!r} (exit code 2)"
+            log.critical("%s: stopping", self.usage_error)
+            self.begin_stop()
+            if self.rt is not None:
+                self.rt.stop()
+            await ctx.wait_stopping()
+            return
+        raise WorkerExited(index, proc.pid, proc.returncode, booted=booted)
+
+    async def _stop(self, index: int, proc: trio.Process) -> None:
+        self._terminate(index, proc)
+        deadline = self.deadline
+        if deadline is None:  # stop_child of this worker alone
+            deadline = trio.current_time() + self.config.grace_seconds
+        with trio.move_on_at(deadline):
+            await proc.wait()
+        if proc.returncode is None:
+            log.warning(
+                "worker %d (pid %d) still running after the grace: killing", index, proc.pid
+            )
+            proc.kill()
+            self.killed += 1
+            with trio.move_on_after(KILL_SECONDS):
+                await proc.wait()
+        else:
+            log.info("worker %d (pid %d) %s", index, proc.pid, describe_exit(proc.returncode))
+
+
+async def serve_cluster(target: str, config: Config) -> int:
+    """Run the primary until stopped; returns the process exit code.
+
+    0: every worker exited within the grace; 1: a worker had to be killed, or a fatal error
+    (the workers' supervisor gave up); 2: a worker could not load the app.
+    """
+    redactor = Redactor(config.redact_keys)
+    try:
+        sockets = bind_listeners(config.bind)
+    except OSError as exc:
+        log.critical("cannot listen on %s: %s", ", ".join(config.bind), exc)
+        return EXIT_FATAL
+    cluster = Cluster(target, config, sockets)
+    with closing_all(sockets):
+        try:
+            async with mega_runtime(
+                name="primary",
+                grace_seconds=config.grace_seconds + 3 * KILL_SECONDS,
+                handle_signals=True,
+                max_restarts=0,
+            ) as rt:
+                cluster.rt = rt
+                if config.admin_bind:
+                    await rt.start_child(
+                        ChildSpec(
+                            "admin",
+                            serve_http,
+                            (admin_app(rt.snapshot, redactor), [config.admin_bind], "admin", 1.0),
+                            shutdown_seconds=1.0,
+                        )
+                    )
+                await rt.start_child(
+                    ChildSpec("workers", cluster.run_workers, shutdown_seconds=math.inf)
+                )
+                await rt.start_child(ChildSpec("stopper", cluster.stop_workers_on_stop))
+                log.info(
+                    "primary (pid %d) serving %s with %d worker(s)",
+                    os.getpid(),
+                    ", ".join(url_of(s) for s in sockets),
+                    config.workers,
+                )
+                await trio.sleep_forever()
+        except Exception:
+            return EXIT_FATAL  # logged once by mega_runtime
+    if cluster.usage_error is not None:
+        return EXIT_USAGE
+    if cluster.killed:
+        log.warning("%d worker(s) had to be killed", cluster.killed)
+        return EXIT_FATAL
+    return EXIT_OK
+
+
+# -- the worker process ----------------------------------------------------------------------
+
+
+async def _watch_primary(parent_fd: int, app: App, *, task_status: trio.TaskStatus[None]) -> None:
+    """EOF on the pipe the primary holds means the primary is gone: stop this worker."""
+    ctx = current_child()
+    assert ctx is not None
+    task_status.started()
+    async with trio.lowlevel.FdStream(parent_fd) as pipe, trio.open_nursery() as nursery:
+
+        async def stop_on_eof() -> None:
+            while await pipe.receive_some():
+                pass
+            log.warning("the primary is gone: stopping this worker")
+            app.rt.stop()
+
+        nursery.start_soon(stop_on_eof)
+        await ctx.wait_stopping()
+        nursery.cancel_scope.cancel()
+
+
+def worker_process_main(
+    target: str, index: int, status_fd: int, parent_fd: int, listen_fds: list[int]
+) -> int:
+    """Entry of ``megatrio worker-process``: serve the app on inherited sockets."""
+    from .cli import resolve_app  # the primary never imports the app; only workers do
+
+    source = f"environment variable {CONFIG_ENV}"
+    config = config_from_json(os.environ.get(CONFIG_ENV, "{}"), source)
+    config = attrs.evolve(
+        config, bind=tuple(f"fd://{fd}" for fd in listen_fds), admin_bind="", workers=1
+    )
+    configure_logging(
+        level=config.log_level.number,
+        fmt=config.log_format,
+        redact_keys=config.redact_keys,
+        static_fields={"worker": index, "pid": os.getpid()},
+    )
+    try:
+        app = resolve_app(target)
+    except AppNotFound as exc:
+        print(f"megatrio: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception:
+        log.critical("worker %d: loading %s failed", index, target, exc_info=True)
+        return EXIT_FATAL
+
+    from ._serve import serve_app
+
+    async def main() -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(
+                functools.partial(
+                    serve_app,
+                    app,
+                    config,
+                    handle_signals=True,
+                    extra_children=[ChildSpec("primary-watch", _watch_primary, (parent_fd, app))],
+                )
+            )
+            with os.fdopen(status_fd, "wb") as status:
+                status.write(b"ready\n")
+
+    try:
+        trio.run(main)
+    except BaseException as exc:
+        error = unwrap_group(exc)
+        if isinstance(error, KeyboardInterrupt | SystemExit):
+            raise
+        return EXIT_FATAL  # logged once by mega_runtime
+    return EXIT_OK

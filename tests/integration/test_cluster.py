@@ -1,0 +1,221 @@
+"""``megatrio run --workers N``: a real primary and real worker processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .cli_support import Process
+
+_URL = re.compile(r"serving (http://\S+) with (\d+) worker")
+
+
+class Primary(Process):
+    """``megatrio run TARGET --workers N`` on free loopback ports."""
+
+    def __init__(self, target: str, workers: int, *extra: str, wait_ready: bool = True) -> None:
+        super().__init__(
+            [
+                "run",
+                target,
+                "--workers",
+                str(workers),
+                "--bind",
+                "127.0.0.1:0",
+                "--admin-bind",
+                "127.0.0.1:0",
+                "--log-format",
+                "json",
+                *extra,
+            ]
+        )
+        self.workers = workers
+        self.admin = self.wait_for(lambda: self._find(r"serving admin on (http://\S+)"), 30)
+        self.url = self.wait_for(lambda: self._find(r"serving (http://\S+) with"), 30)
+        if wait_ready:
+            self.wait_for(lambda: len(self.ready_pids()) == workers, 30, "all workers ready")
+
+    def _find(self, pattern: str) -> str | None:
+        for record in self.records():
+            match = re.search(pattern, str(record.get("event", "")))
+            if match and record.get("logger") in {"megatrio.http", "megatrio.cluster"}:
+                if "worker" not in record:  # the primary's own lines only
+                    return match[1]
+        return None
+
+    def tree(self) -> dict[str, object]:
+        import urllib.request
+
+        with urllib.request.urlopen(self.admin + "/_megatrio/tree", timeout=10) as response:
+            tree: dict[str, object] = json.loads(response.read())
+        return tree
+
+    def workers_info(self) -> list[dict[str, object]]:
+        tree = self.tree()
+        [workers] = [c for c in tree["children"] if c["name"] == "workers"]  # type: ignore[attr-defined]
+        children: list[dict[str, object]] = workers["supervisor"]["children"]
+        return children
+
+    def ready_pids(self) -> list[int]:
+        try:
+            return [
+                int(w["info"]["pid"])  # type: ignore[index]
+                for w in self.workers_info()
+                if w.get("info", {}).get("ready")  # type: ignore[union-attr]
+            ]
+        except OSError:
+            return []
+
+    def get(self, path: str) -> tuple[int, str]:
+        import urllib.error
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=10) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+
+def gone(pid: int) -> bool:
+    """The process no longer runs (it does not exist, or is a zombie awaiting its reaper)."""
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return True
+    return "\nState:\tZ" in state
+
+
+@pytest.fixture
+def primary() -> Iterator[Primary]:
+    p = Primary("basic:Basic", 2, "--grace-seconds", "10")
+    yield p
+    p.kill()
+    for pid in p.ready_pids() if p.proc.poll() is None else []:
+        os.kill(pid, signal.SIGKILL)
+
+
+def test_requests_are_served_by_more_than_one_worker(primary: Primary) -> None:
+    pids = primary.ready_pids()
+    assert len(set(pids)) == 2
+    assert primary.proc.pid not in pids
+    seen = {primary.get("/pid")[1] for _ in range(60)}
+    assert seen == {str(p) for p in pids}
+    tree = primary.workers_info()
+    assert [w["name"] for w in tree] == ["worker-1", "worker-2"]
+    assert all(w["restarts"] == 0 and w["uptime_seconds"] is not None for w in tree)
+    primary.signal(signal.SIGTERM)
+    assert primary.finish() == 0
+
+
+def test_a_killed_worker_is_replaced_and_serves_again(primary: Primary) -> None:
+    old = primary.ready_pids()
+    os.kill(old[0], signal.SIGKILL)
+    t0 = time.monotonic()
+    new = primary.wait_for(
+        lambda: (p := primary.ready_pids()) and len(p) == 2 and old[0] not in p and p, 20
+    )
+    respawn = time.monotonic() - t0
+    assert old[1] in new
+    assert respawn < 10
+    [replaced] = [w for w in primary.workers_info() if w["name"] == "worker-1"]
+    assert replaced["restarts"] == 1
+    assert "was killed by SIGKILL" in str(replaced["last_error"])
+    assert {primary.get("/pid")[1] for _ in range(60)} == {str(p) for p in new}
+    primary.signal(signal.SIGTERM)
+    assert primary.finish() == 0
+
+
+def test_sigterm_lets_slow_requests_finish_then_exits_zero(primary: Primary) -> None:
+    results: list[tuple[int, str]] = []
+    requests = [
+        threading.Thread(target=lambda: results.append(primary.get("/slow?seconds=1.5")))
+        for _ in range(4)
+    ]
+    for request in requests:
+        request.start()
+    primary.wait_for(
+        lambda: sum(r["event"] == "slow request started" for r in primary.records()) == 4,
+        what="4 requests in flight",
+    )
+    primary.signal(signal.SIGTERM)
+    for request in requests:
+        request.join(timeout=20)
+    assert results == [(200, "slow done")] * 4
+    assert primary.finish() == 0
+    assert "stopping 2 worker(s) within 10 s" in {r["event"] for r in primary.records()}
+
+
+def test_a_worker_stuck_past_the_grace_is_killed_and_the_exit_code_says_so() -> None:
+    primary = Primary("basic:SlowStop", 1 + 1, "--grace-seconds", "0.5")
+    try:
+        primary.signal(signal.SIGTERM)
+        assert primary.finish() == 1
+        assert any("had to be killed" in r["event"] for r in primary.records())
+    finally:
+        primary.kill()
+
+
+def test_second_signal_kills_workers_at_once() -> None:
+    primary = Primary("basic:SlowStop", 2, "--grace-seconds", "60")
+    try:
+        pids = primary.ready_pids()
+        primary.signal(signal.SIGTERM)
+        primary.wait_line("stopping 2 worker(s)")
+        primary.signal(signal.SIGINT)
+        assert primary.finish(timeout=15) == 1
+        assert all(gone(pid) for pid in pids)
+    finally:
+        primary.kill()
+
+
+def test_sigkill_of_the_primary_leaves_no_worker_behind(primary: Primary) -> None:
+    pids = primary.ready_pids()
+    primary.proc.kill()
+    primary.finish()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and not all(gone(pid) for pid in pids):
+        time.sleep(0.05)
+    assert all(gone(pid) for pid in pids), "a worker outlived its primary"
+
+
+def test_an_app_crashing_on_boot_makes_the_primary_give_up() -> None:
+    t0 = time.monotonic()
+    primary = Primary("boot_crash:app", 2, wait_ready=False)
+    try:
+        assert primary.finish(timeout=60) == 1
+        elapsed = time.monotonic() - t0
+        records = primary.records()
+        [give_up] = [r for r in records if r["event"].startswith("giving up")]
+        assert give_up["event"].startswith(
+            "giving up: more than 4 rapid worker crashes (uptime under 1 s) within 10 s; last: "
+        )
+        assert "exited with code 1 during boot, before it was ready" in give_up["event"]
+        assert elapsed < 30
+        text = "\n".join(primary.out + primary.err)
+        assert "abc123" not in text  # the boot traceback was redacted too
+    finally:
+        primary.kill()
+
+
+def test_a_worker_that_cannot_find_the_app_stops_the_primary_with_exit_two() -> None:
+    primary = Primary("basic:nothing_here", 2, wait_ready=False)
+    try:
+        assert primary.finish(timeout=30) == 2
+        assert any("cannot load 'basic:nothing_here'" in r["event"] for r in primary.records())
+    finally:
+        primary.kill()
+
+
+def test_a_missing_module_is_refused_before_any_worker_starts(tmp_path: Path) -> None:
+    proc = Process(["run", "no_such_module:app", "--workers", "2"])
+    assert proc.finish() == 2
+    assert proc.err[0].startswith("megatrio: error: module 'no_such_module' not found")
