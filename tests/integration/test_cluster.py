@@ -46,9 +46,13 @@ class Primary(Process):
     def _find(self, pattern: str) -> str | None:
         for record in self.records():
             match = re.search(pattern, str(record.get("event", "")))
-            if match and record.get("logger") in {"megatrio.http", "megatrio.cluster"}:
-                if "worker" not in record:  # the primary's own lines only
-                    return match[1]
+            primary_line = "worker" not in record  # workers tag their records
+            if (
+                match
+                and primary_line
+                and record.get("logger") in {"megatrio.http", "megatrio.cluster"}
+            ):
+                return match[1]
         return None
 
     def tree(self) -> dict[str, object]:
