@@ -21,9 +21,11 @@ import functools
 import logging
 import math
 import os
+import random
 import signal
 import socket
 import sys
+from collections.abc import Sequence
 
 import attrs
 import trio
@@ -77,6 +79,27 @@ def describe_exit(returncode: int) -> str:
     return f"exited with code {returncode}"
 
 
+def worker_supervisor(
+    children: Sequence[ChildSpec], config: Config, *, random_source: random.Random | None = None
+) -> Supervisor:
+    """The supervisor of the workers: one-for-one with the rapid-crash rule from *config*.
+
+    At most ``worker_max_restarts`` crashes of workers that were up for less than
+    ``worker_min_uptime_seconds`` within ``worker_period_seconds``; crashes after a longer
+    uptime never count, and nothing (no other worker's exit) resets the window. Restarts back
+    off with jitter (first immediate).
+    """
+    return Supervisor(
+        children,
+        strategy=Strategy.ONE_FOR_ONE,
+        max_restarts=config.worker_max_restarts,
+        period_seconds=config.worker_period_seconds,
+        min_uptime_seconds=config.worker_min_uptime_seconds,
+        name="workers",
+        random_source=random_source,
+    )
+
+
 def url_of(sock: socket.socket) -> str:
     host, port = sock.getsockname()[:2]
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
@@ -97,7 +120,7 @@ class Cluster:
         self.rt: Runtime | None = None
         self._procs: dict[int, trio.Process] = {}
         self._terminated: set[int] = set()
-        self.workers = Supervisor(
+        self.workers = worker_supervisor(
             [
                 ChildSpec(
                     f"worker-{index}",
@@ -108,11 +131,7 @@ class Cluster:
                 )
                 for index in range(1, config.workers + 1)
             ],
-            strategy=Strategy.ONE_FOR_ONE,
-            max_restarts=config.worker_max_restarts,
-            period_seconds=config.worker_period_seconds,
-            min_uptime_seconds=config.worker_min_uptime_seconds,
-            name="workers",
+            config,
         )
 
     @property
