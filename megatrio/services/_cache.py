@@ -1,0 +1,216 @@
+"""One cache interface over interchangeable drivers (memory, file, Redis).
+
+The :class:`Cache` facade namespaces every key as ``mega:cache:<app>:<key>`` — whatever the
+driver, so two apps sharing a Redis or a directory cannot collide — encodes values as JSON,
+and collapses concurrent misses of :meth:`Cache.get_or_set` into one computation.
+
+A driver stores bytes under full keys and owns its bound and its cleaning; see
+:class:`CacheDriver`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, TypeVar, final
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+
+from .._policy._checks import check_count, check_seconds
+from .._policy._ttl_lru import TTLLRU
+from ..nursery._timer import run_every
+
+T = TypeVar("T")
+
+KEY_PREFIX = "mega:cache"
+
+
+class CacheDriver(Protocol):
+    """Storage behind a :class:`Cache`: bytes under full (namespaced) keys.
+
+    A driver bounds itself (entries, bytes) and never returns an expired value. Drivers that
+    need periodic cleaning expose it as :meth:`serve_cleaner`, run as a supervised child.
+    """
+
+    async def get(self, key: str) -> bytes | None: ...
+
+    async def set(self, key: str, value: bytes, ttl_seconds: float | None) -> None: ...
+
+    async def delete(self, key: str) -> bool: ...
+
+    async def has(self, key: str) -> bool: ...
+
+    async def serve_cleaner(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Clean expired entries until cancelled or asked to stop (a supervised child)."""
+        ...
+
+
+def cache_key(namespace: str, key: str) -> str:
+    """``mega:cache:<namespace>:<key>``. Raises TypeError/ValueError for a bad *key*."""
+    if not isinstance(key, str):
+        raise TypeError(f"cache keys are strings, got {type(key).__name__}: {key!r}")
+    if not key:
+        raise ValueError("cache key must not be empty")
+    return f"{KEY_PREFIX}:{namespace}:{key}"
+
+
+class _Flight:
+    __slots__ = ("done", "error", "has_value", "value")
+
+    def __init__(self) -> None:
+        self.done = anyio.Event()
+        self.has_value = False
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+
+@final
+class Cache:
+    """The cache API an application uses. Values are JSON; keys are strings.
+
+    *namespace* is usually the app name; every key is stored as ``mega:cache:<ns>:<key>``.
+    """
+
+    def __init__(self, driver: CacheDriver, *, namespace: str, alias: str = "default") -> None:
+        if not namespace or ":" in namespace:
+            raise ValueError(f"cache namespace must be non-empty without ':', got {namespace!r}")
+        self.driver = driver
+        self.namespace = namespace
+        self.alias = alias
+        # Bounded by the number of distinct keys being computed at this moment.
+        self._flights: dict[str, _Flight] = {}
+
+    def full_key(self, key: str) -> str:
+        return cache_key(self.namespace, key)
+
+    async def get(self, key: str, default: Any = None) -> Any:
+        """The value under *key*, or *default* when missing or expired."""
+        raw = await self.driver.get(self.full_key(key))
+        if raw is None:
+            return default
+        return json.loads(raw)
+
+    async def set(self, key: str, value: Any, *, ttl_seconds: float | None = None) -> None:
+        """Store *value* (JSON-serialisable) for *ttl_seconds* (``None``: until evicted).
+
+        Raises:
+            TypeError: *value* is not JSON-serialisable (the key is named).
+            ValueError: *ttl_seconds* is not positive.
+        """
+        if ttl_seconds is not None:
+            check_seconds("ttl_seconds", ttl_seconds, allow_zero=False, allow_inf=False)
+        full = self.full_key(key)
+        try:
+            raw = json.dumps(value, separators=(",", ":"), allow_nan=False).encode()
+        except (TypeError, ValueError) as exc:
+            raise TypeError(
+                f"cache value for key {key!r} is not JSON-serialisable: {exc}"
+            ) from None
+        await self.driver.set(full, raw, ttl_seconds)
+
+    async def delete(self, key: str) -> bool:
+        """Remove *key*; whether it was present."""
+        return await self.driver.delete(self.full_key(key))
+
+    async def has(self, key: str) -> bool:
+        """Whether a live value is stored under *key*."""
+        return await self.driver.has(self.full_key(key))
+
+    async def get_or_set(
+        self,
+        key: str,
+        compute: Callable[[], Awaitable[T]],
+        *,
+        ttl_seconds: float | None = None,
+    ) -> T:
+        """The cached value, or ``await compute()`` stored for *ttl_seconds*.
+
+        Single-flight within this process: concurrent misses of one key run *compute* once and
+        all get its result (or its exception). If the computing caller is cancelled, a waiter
+        takes over and computes itself.
+        """
+        full = self.full_key(key)
+        missing = object()
+        while True:
+            cached = await self.get(key, missing)
+            if cached is not missing:
+                return cached  # type: ignore[no-any-return]
+            flight = self._flights.get(full)
+            if flight is None:
+                break
+            await flight.done.wait()
+            if flight.error is not None:
+                raise flight.error
+            if flight.has_value:
+                return flight.value  # type: ignore[no-any-return]
+            # The computing caller was cancelled: try again (maybe compute ourselves).
+        flight = self._flights[full] = _Flight()
+        try:
+            value = await compute()
+            await self.set(key, value, ttl_seconds=ttl_seconds)
+            flight.value, flight.has_value = value, True
+            return value
+        except Exception as exc:
+            flight.error = exc
+            raise
+        finally:
+            del self._flights[full]
+            flight.done.set()
+
+
+@final
+class MemoryCache:
+    """In-process driver: at most *max_entries* (LRU) and *max_bytes*, per-entry TTL.
+
+    Its cleaner sweeps expired entries every *sweep_interval_seconds*; a ``get`` never returns
+    an expired value even between sweeps. Drops are counted in :attr:`drops`.
+    """
+
+    def __init__(
+        self,
+        *,
+        max_entries: int = 10_000,
+        max_bytes: int | None = None,
+        sweep_interval_seconds: float = 60.0,
+    ) -> None:
+        check_count("max_entries", max_entries, minimum=1)
+        self.sweep_interval_seconds = check_seconds(
+            "sweep_interval_seconds", sweep_interval_seconds, allow_zero=False
+        )
+        self._store = TTLLRU(max_entries, max_bytes)
+
+    @property
+    def drops(self) -> dict[str, int]:
+        return dict(self._store.drops)
+
+    def __len__(self) -> int:
+        return len(self._store)
+
+    async def get(self, key: str) -> bytes | None:
+        await anyio.lowlevel.checkpoint()
+        return self._store.get(key, anyio.current_time())
+
+    async def set(self, key: str, value: bytes, ttl_seconds: float | None) -> None:
+        await anyio.lowlevel.checkpoint()
+        self._store.set(key, value, anyio.current_time(), ttl_seconds)
+
+    async def delete(self, key: str) -> bool:
+        await anyio.lowlevel.checkpoint()
+        return self._store.delete(key)
+
+    async def has(self, key: str) -> bool:
+        return await self.get(key) is not None
+
+    async def serve_cleaner(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        await run_every(self.sweep_interval_seconds, None, self.sweep, task_status=task_status)
+
+    async def sweep(self) -> int:
+        """Remove every expired entry now; how many went."""
+        await anyio.lowlevel.checkpoint()
+        return self._store.sweep(anyio.current_time())
