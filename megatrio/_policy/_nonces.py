@@ -75,7 +75,9 @@ class NonceWindow:
         self._expire(now)
         key = (sender, nonce)
         known = self._expiry.get(key)
-        if known is not None and known > now:
+        # Fresh means |now - timestamp| <= skew, so a nonce must be remembered while
+        # now <= timestamp + skew: equality included.
+        if known is not None and known >= now:
             return self._reject(NonceVerdict.REPLAY)
         if known is None and len(self._expiry) >= self.max_entries:
             return self._reject(NonceVerdict.FULL)
@@ -94,10 +96,10 @@ class NonceWindow:
         return verdict
 
     def _expire(self, now: float) -> None:
-        # A bucket b holds expiries in [b*s, (b+1)*s): all past once (b+1)*s <= now.
+        # A bucket b holds expiries in [b*s, (b+1)*s): all strictly past once (b+1)*s <= now.
         heap = self._bucket_heap
         while heap and (heap[0] + 1) * self.bucket_seconds <= now:
             for key in self._buckets.pop(heapq.heappop(heap)):
                 expiry = self._expiry.get(key)
-                if expiry is not None and expiry <= now:
+                if expiry is not None and expiry < now:
                     del self._expiry[key]

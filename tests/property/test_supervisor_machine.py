@@ -11,17 +11,12 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections import Counter
 from concurrent.futures import Future
-from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-import anyio.abc
 import pytest
 import trio
-import trio.testing
-from anyio.from_thread import BlockingPortal, start_blocking_portal
 from hypothesis import Phase, event, note, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -32,7 +27,6 @@ from hypothesis.stateful import (
     rule,
 )
 
-import megatrio
 from megatrio import (
     NO_BACKOFF,
     ChildSpec,
@@ -43,83 +37,16 @@ from megatrio import (
     Supervisor,
     SupervisorNotRunning,
 )
-from tests.helpers import walk_tasks
+from tests.property.puppets import (
+    Controller,
+    PuppetStartFailure,
+    PuppetTree,
+    settle,
+    start_failure_message,
+)
 from tests.property.strategies import ReferenceWindow
 
 SUPERVISOR = "sup"
-
-# -- puppets ---------------------------------------------------------------------------------
-
-
-class PuppetCrash(Exception):
-    """What a puppet raises when told to crash."""
-
-
-class PuppetStartFailure(Exception):
-    """What a puppet raises, before reporting ready, when its start was armed to fail."""
-
-
-@dataclass(eq=False)
-class Incarnation:
-    name: str
-    serial: int
-    command: str | None = None
-    commanded: trio.Event = field(default_factory=trio.Event)
-
-
-@dataclass
-class Controller:
-    """Shared between the puppets (in the portal's thread) and the test (between steps)."""
-
-    live: dict[str, Incarnation] = field(default_factory=dict)
-    """The incarnation of each child that has reported ready and not exited yet."""
-    running: set[int] = field(default_factory=set)
-    """Serials of every incarnation whose task has not finished (leak detection)."""
-    fail_starts: dict[str, int] = field(default_factory=dict)
-    """How many of a child's next starts fail before reporting ready."""
-    serials: itertools.count[int] = field(default_factory=itertools.count)
-    journal: list[tuple[str, str]] = field(default_factory=list)
-    """("start", name) when an incarnation reports ready, ("stop", name) when one ends
-    because its supervisor stopped it; crashes and exits are the test's own doing."""
-
-
-def start_failure_message(name: str) -> str:
-    return f"{name} failed to start"
-
-
-async def puppet(
-    name: str, controller: Controller, *, task_status: anyio.abc.TaskStatus[int]
-) -> None:
-    serial = next(controller.serials)
-    if controller.fail_starts.get(name, 0) > 0:
-        controller.fail_starts[name] -= 1
-        raise PuppetStartFailure(start_failure_message(name))
-    me = Incarnation(name, serial)
-    ctx = megatrio.current_child()
-    assert ctx is task_status
-    controller.running.add(serial)
-    try:
-        task_status.started(serial)
-        controller.live[name] = me
-        controller.journal.append(("start", name))
-        async with trio.open_nursery() as nursery:
-
-            async def until(event_wait: Any) -> None:
-                await event_wait()
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(until, me.commanded.wait)
-            nursery.start_soon(until, ctx.wait_stopping)
-    finally:
-        if ctx.stopping:
-            controller.journal.append(("stop", name))
-        controller.running.discard(serial)
-        if controller.live.get(name) is me:
-            del controller.live[name]
-    if me.command == "crash":
-        raise PuppetCrash(f"{name}#{serial}")
-    # "exit", or asked to stop: return normally.
-
 
 # -- the model ---------------------------------------------------------------------------------
 
@@ -324,47 +251,38 @@ time_steps = st.one_of(
 indices = st.integers(min_value=0, max_value=7)
 
 
-async def settle() -> None:
-    await trio.testing.wait_all_tasks_blocked()
-
-
-async def task_names() -> Counter[str]:
-    me = trio.lowlevel.current_task()
-    return Counter(task.name for task in walk_tasks() if task is not me)
-
-
 class SupervisorMachine(RuleBasedStateMachine):
     """Crashes, exits, stop_child, start_child, clock jumps, stop and re-run."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.stack = ExitStack()
-        self.portal: BlockingPortal | None = None
-        self.clock = trio.testing.MockClock()  # autojump disabled: time moves on jumps only
-        self.controller = Controller()
+        self.tree: PuppetTree | None = None
         self.dynamic = itertools.count()
         self.gone: set[str] = {"never-existed"}
         self.run_future: Future[None] | None = None
 
     # -- plumbing --------------------------------------------------------------------------
 
+    @property
+    def controller(self) -> Controller:
+        assert self.tree is not None
+        return self.tree.controller
+
     def call(self, func: Any, *args: Any) -> Any:
-        assert self.portal is not None
-        return self.portal.call(func, *args)
+        assert self.tree is not None
+        return self.tree.call(func, *args)
 
     def settle(self) -> None:
         self.call(settle)
 
     def spec(self, name: str, restart: Restart, shutdown: float) -> ChildSpec:
-        return ChildSpec(
-            name, puppet, args=(name, self.controller), restart=restart, shutdown_seconds=shutdown
-        )
+        assert self.tree is not None
+        return self.tree.spec(name, restart, shutdown)
 
     def start_run(self) -> None:
-        assert self.portal is not None
+        assert self.tree is not None
         self.controller.fail_starts.clear()
-        self.run_future, _ = self.portal.start_task(self.sup.run, name="supervisor-run")
-        self.settle()
+        self.run_future = self.tree.start_run(self.sup)
         self.model.start_run(self.initial)
 
     @property
@@ -380,6 +298,7 @@ class SupervisorMachine(RuleBasedStateMachine):
     @initialize(config=configs())
     def start(self, config: Config) -> None:
         note(f"{config}")
+        self.tree = PuppetTree()
         self.model = SupervisorModel(config)
         self.initial = [
             (f"c{index}", restart, shutdown)
@@ -394,24 +313,15 @@ class SupervisorMachine(RuleBasedStateMachine):
             backoff=NO_BACKOFF,
             name=SUPERVISOR,
         )
-        self.portal = self.stack.enter_context(
-            start_blocking_portal(backend="trio", backend_options={"clock": self.clock})
-        )
-        self.baseline_tasks = self.call(task_names)
         self.start_run()
 
     def _command(self, index: int, command: str) -> None:
+        assert self.tree is not None
         name = self.pick(self.model.names("running"), index)
-        incarnation = self.controller.live[name]
-
-        async def send() -> None:
-            incarnation.command = command
-            incarnation.commanded.set()
-            await settle()
-
-        note(f"{command} {name} (incarnation {incarnation.serial}) at t={self.model.now}")
-        self.call(send)
-        error = f"PuppetCrash: {name}#{incarnation.serial}" if command == "crash" else None
+        serial = self.controller.live[name].serial
+        note(f"{command} {name} (incarnation {serial}) at t={self.model.now}")
+        incarnation = self.tree.command(name, command)
+        error = f"PuppetCrash: {incarnation.crash_message}" if command == "crash" else None
         self.model.exited(name, error=error)
 
     @staticmethod
@@ -430,8 +340,8 @@ class SupervisorMachine(RuleBasedStateMachine):
 
     @rule(dt=time_steps)
     def advance_clock(self, dt: float) -> None:
-        self.call(self.clock.jump, dt)
-        self.settle()
+        assert self.tree is not None
+        self.tree.jump(dt)
         self.model.now += dt
 
     @precondition(lambda self: self.model.children)
@@ -540,7 +450,7 @@ class SupervisorMachine(RuleBasedStateMachine):
             assert error.period_seconds == self.model.config.period_seconds
 
     def teardown(self) -> None:
-        if self.portal is None:
+        if self.tree is None:
             return
         ok = False
         try:
@@ -552,14 +462,10 @@ class SupervisorMachine(RuleBasedStateMachine):
                 self.starts_and_stops_in_model_order()
                 self.puppets_match_model()
                 self.run_outcome_matches_model()
-            assert not self.controller.running
-            assert self.call(task_names) == self.baseline_tasks, "tasks left running"
+            self.tree.assert_no_leftovers()
             ok = True
         finally:
-            if not ok:
-                # Do not let a stuck tree hang the portal's exit: cancel everything left.
-                self.portal.call(self.portal.stop, True)
-            self.stack.close()
+            self.tree.close(ok=ok)
 
 
 class SupervisorStartFailureMachine(SupervisorMachine):
