@@ -14,6 +14,7 @@ from ._exceptions import MegatrioError as MegatrioError
 from ._exceptions import RestartIntensityExceeded as RestartIntensityExceeded
 from ._exceptions import StartupFailed as StartupFailed
 from ._exceptions import SupervisorNotRunning as SupervisorNotRunning
+from ._policy._nonces import NonceVerdict as NonceVerdict
 from ._runtime import Runtime as Runtime
 from ._runtime import mega_runtime as mega_runtime
 from ._serve import Serving as Serving
@@ -23,7 +24,13 @@ from ._tree import format_tree as format_tree
 from .app import App as App
 from .nursery._child import ChildContext as ChildContext
 from .nursery._child import current_child as current_child
+from .services._cache import Cache as Cache
+from .services._cache import CacheDriver as CacheDriver
+from .services._cache import MemoryCache as MemoryCache
+from .services._cache import open_cache as open_cache
 from .services._logging import configure_logging as configure_logging
+from .services._nonce import MemoryNonceStore as MemoryNonceStore
+from .services._nonce import NonceStore as NonceStore
 from .services._redact import Redactor as Redactor
 from .supervisor import NO_BACKOFF as NO_BACKOFF
 from .supervisor import Backoff as Backoff
@@ -41,6 +48,8 @@ __all__ = (
     "App",
     "AppNotFound",
     "Backoff",
+    "Cache",
+    "CacheDriver",
     "ChildContext",
     "ChildSpec",
     "Config",
@@ -48,6 +57,10 @@ __all__ = (
     "LogFormat",
     "LogLevel",
     "MegatrioError",
+    "MemoryCache",
+    "MemoryNonceStore",
+    "NonceStore",
+    "NonceVerdict",
     "Restart",
     "RestartIntensityExceeded",
     "RestartWindow",
@@ -64,6 +77,7 @@ __all__ = (
     "format_tree",
     "load_config",
     "mega_runtime",
+    "open_cache",
     "ready_immediately",
     "serve_app",
 )

@@ -172,6 +172,85 @@ def _meta(parse: Callable[[Any, bool], Any], doc: str) -> dict[str, Any]:
     return {"parse": parse, "doc": doc}
 
 
+def _url(value: Any, from_text: bool) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a URL string, got {value!r}")
+    if value and not value.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("expected redis://HOST:PORT/DB (or rediss://, unix://)")
+    return value
+
+
+def _path(value: Any, from_text: bool) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a path string, got {value!r}")
+    return value
+
+
+class CacheDriverKind(enum.Enum):
+    """Where a cache keeps its entries."""
+
+    MEMORY = "memory"
+    FILE = "file"
+    REDIS = "redis"
+
+
+class NonceDriverKind(enum.Enum):
+    """Where the replay-protection store keeps nonces."""
+
+    MEMORY = "memory"
+    REDIS = "redis"
+
+
+@attrs.frozen(kw_only=True)
+class CacheConfig:
+    """One ``[cache.<alias>]`` table."""
+
+    driver: CacheDriverKind = attrs.field(
+        default=CacheDriverKind.MEMORY, metadata=_meta(_enum(CacheDriverKind), "memory|file|redis")
+    )
+    max_entries: int = attrs.field(
+        default=10_000, metadata=_meta(_count(1), "entry cap (memory, file)")
+    )
+    max_bytes: int = attrs.field(
+        default=0, metadata=_meta(_count(0), "value-bytes cap (memory, file); 0: none")
+    )
+    path: str = attrs.field(
+        default="", metadata=_meta(_path, "file driver directory (default .megatrio/cache/ALIAS)")
+    )
+    sweep_interval_seconds: float = attrs.field(
+        default=60.0, metadata=_meta(_positive_seconds, "how often expired entries are swept")
+    )
+
+
+def _caches(value: Any, from_text: bool) -> dict[str, CacheConfig]:
+    if from_text and isinstance(value, str):
+        raise ValueError("caches are configured in the config file, as [cache.ALIAS] tables")
+    if not isinstance(value, dict):
+        raise ValueError(f"expected tables [cache.ALIAS], got {value!r}")
+    fields = attrs.fields_dict(CacheConfig)
+    caches: dict[str, CacheConfig] = {}
+    for alias, table in value.items():
+        if isinstance(table, CacheConfig):
+            caches[alias] = table
+            continue
+        if not isinstance(alias, str) or not alias or ":" in alias:
+            raise ValueError(f"cache alias must be a non-empty name without ':', got {alias!r}")
+        if not isinstance(table, dict):
+            raise ValueError(f"cache.{alias}: expected a table, got {table!r}")
+        values = {}
+        for key, raw in table.items():
+            field = fields.get(key)
+            if field is None:
+                known = ", ".join(fields)
+                raise ValueError(f"cache.{alias}: unknown key {key!r} (known keys: {known})")
+            try:
+                values[key] = field.metadata["parse"](raw, from_text)
+            except ValueError as exc:
+                raise ValueError(f"cache.{alias}.{key}: {exc}") from None
+        caches[alias] = CacheConfig(**values)
+    return caches
+
+
 @attrs.frozen(kw_only=True)
 class Config:
     """Everything ``megatrio run`` reads. Build it with :func:`load_config`."""
@@ -214,11 +293,33 @@ class Config:
     worker_min_uptime_seconds: float = attrs.field(
         default=1.0, metadata=_meta(_seconds, "a crash after less uptime is rapid")
     )
+    redis_url: str = attrs.field(
+        default="", metadata=_meta(_url, "redis://HOST:PORT/DB for Redis-backed stores")
+    )
+    cache: dict[str, CacheConfig] = attrs.field(
+        factory=lambda: {"default": CacheConfig()},
+        metadata=_meta(_caches, "[cache.ALIAS] tables; default: one memory cache"),
+    )
+    nonce_driver: NonceDriverKind = attrs.field(
+        default=NonceDriverKind.MEMORY, metadata=_meta(_enum(NonceDriverKind), "memory|redis")
+    )
+    nonce_skew_seconds: float = attrs.field(
+        default=300.0, metadata=_meta(_seconds, "allowed clock skew of message timestamps")
+    )
+    nonce_max_entries: int = attrs.field(
+        default=100_000, metadata=_meta(_count(1), "memory nonce store cap (fails closed)")
+    )
 
     def __attrs_post_init__(self) -> None:
         # Direct construction gets the same checks as loading.
         for field in attrs.fields(Config):
             _parse("Config", field.name, getattr(self, field.name), from_text=False)
+        if not self.redis_url:
+            for alias, cache in self.cache.items():
+                if cache.driver is CacheDriverKind.REDIS:
+                    raise ConfigError(f"cache.{alias}: driver 'redis' needs redis_url")
+            if self.nonce_driver is NonceDriverKind.REDIS:
+                raise ConfigError("nonce_driver 'redis' needs redis_url")
 
 
 def config_to_json(config: Config) -> str:
@@ -232,6 +333,10 @@ def _plain(value: Any) -> Any:
         return value.value
     if isinstance(value, tuple):
         return list(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if attrs.has(type(value)):
+        return {f.name: _plain(getattr(value, f.name)) for f in attrs.fields(type(value))}
     return value
 
 
@@ -329,4 +434,7 @@ def load_config(
             values[key] = _parse(
                 f"command-line option --{key.replace('_', '-')}", key, value, from_text=True
             )
-    return Config(**values)
+    try:
+        return Config(**values)
+    except ConfigError as exc:  # a rule across keys: name where the settings came from
+        raise ConfigError(f"{path if path is not None else 'configuration'}: {exc}") from None

@@ -7,7 +7,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any, TypeVar, final
+from typing import TYPE_CHECKING, Any, TypeVar, final
 
 import anyio
 import anyio.abc
@@ -17,6 +17,10 @@ from ._util import NoPublicConstructor
 from .nursery._errors import describe, unwrap_group
 from .nursery._signals import check_main_thread, serve_stop_signals
 from .supervisor import ChildSpec, Supervisor
+
+if TYPE_CHECKING:
+    from .services._cache import Cache
+    from .services._nonce import NonceStore
 
 log = logging.getLogger("megatrio.runtime")
 
@@ -39,6 +43,11 @@ class Runtime(metaclass=NoPublicConstructor):
         self._stop_requested = False
         self._stop_deadline: float | None = None
         self._fatal: BaseException | None = None
+        # Stores registered by services (megatrio.open_cache, ...): the runtime only keeps
+        # them by name, so it needs no import of the services built on it.
+        self._caches: dict[str, Cache] = {}
+        self.nonces: NonceStore | None = None
+        """The replay-protection store ``megatrio run`` configured, if any."""
 
     @property
     def stopping(self) -> bool:
@@ -52,6 +61,19 @@ class Runtime(metaclass=NoPublicConstructor):
     async def stop_child(self, name: str) -> None:
         """Stop and remove a root child; see :meth:`Supervisor.stop_child`."""
         await self.supervisor.stop_child(name)
+
+    def cache(self, alias: str = "default") -> Cache:
+        """The cache registered as *alias* (see :func:`megatrio.open_cache`).
+
+        Raises:
+            LookupError: no cache has that alias (the message lists the known ones).
+        """
+        try:
+            return self._caches[alias]
+        except KeyError:
+            known = ", ".join(sorted(self._caches)) or "none"
+            message = f"no cache {alias!r} in runtime {self.name!r} (known: {known})"
+            raise LookupError(message) from None
 
     def snapshot(self) -> dict[str, Any]:
         """The whole supervision tree as plain data. Not a checkpoint."""

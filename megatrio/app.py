@@ -32,6 +32,7 @@ from quart_trio import QuartTrio
 
 from ._runtime import Runtime
 from ._timers import every
+from .services._cache import Cache
 from .supervisor import ChildSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -138,6 +139,14 @@ class App:
 
     async def on_stop(self, rt: Runtime) -> None:
         """Called after every child and the HTTP server have stopped, before resources close."""
+
+    def cache(self, alias: str = "default") -> Cache:
+        """The cache *alias* configured for this app (``[cache.<alias>]`` in the config).
+
+        Raises:
+            RuntimeError: the app is not being served. LookupError: no such cache.
+        """
+        return self.rt.cache(alias)
 
     @property
     def rt(self) -> Runtime:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar, final
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, final
 
 import anyio
 import anyio.abc
@@ -21,6 +21,10 @@ import anyio.lowlevel
 from .._policy._checks import check_count, check_seconds
 from .._policy._ttl_lru import TTLLRU
 from ..nursery._timer import run_every
+from ..supervisor import ChildSpec
+
+if TYPE_CHECKING:
+    from .._runtime import Runtime
 
 T = TypeVar("T")
 
@@ -214,3 +218,21 @@ class MemoryCache:
         """Remove every expired entry now; how many went."""
         await anyio.lowlevel.checkpoint()
         return self._store.sweep(anyio.current_time())
+
+
+async def open_cache(rt: Runtime, alias: str, driver: CacheDriver) -> Cache:
+    """Register *driver* as the cache *alias* of *rt* and start its cleaner.
+
+    The cleaner runs as the supervised child ``cache-<alias>`` (it stops with the tree); the
+    facade's namespace is the runtime's name, so keys are ``mega:cache:<rt.name>:<key>``.
+    Returns the :class:`Cache`, also available as ``rt.cache(alias)``.
+
+    Raises:
+        ValueError: *alias* is already registered.
+    """
+    if alias in rt._caches:
+        raise ValueError(f"runtime {rt.name!r} already has a cache {alias!r}")
+    cache = Cache(driver, namespace=rt.name, alias=alias)
+    await rt.start_child(ChildSpec(f"cache-{alias}", driver.serve_cleaner))
+    rt._caches[alias] = cache
+    return cache
