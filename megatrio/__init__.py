@@ -28,6 +28,7 @@ from .services._cache import Cache as Cache
 from .services._cache import CacheDriver as CacheDriver
 from .services._cache import MemoryCache as MemoryCache
 from .services._cache import open_cache as open_cache
+from .services._file_cache import FileCache as FileCache
 from .services._logging import configure_logging as configure_logging
 from .services._nonce import MemoryNonceStore as MemoryNonceStore
 from .services._nonce import NonceStore as NonceStore
@@ -54,6 +55,7 @@ __all__ = (
     "ChildSpec",
     "Config",
     "ConfigError",
+    "FileCache",
     "LogFormat",
     "LogLevel",
     "MegatrioError",

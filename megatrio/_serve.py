@@ -12,6 +12,7 @@ import trio
 
 from ._config import Config, is_loopback, parse_address
 from ._runtime import Runtime, mega_runtime
+from ._stores import open_stores
 from .app import App
 from .services._admin import admin_app
 from .services._http import health_front, serve_http
@@ -70,10 +71,11 @@ async def serve_app(
 ) -> None:
     """Serve *app* under a runtime until stopped (signal, ``app.rt.stop()``) or a fatal error.
 
-    Start order: ``app.on_start(rt)``, the public HTTP listener, the admin listener (if
-    ``config.admin_bind``), then ``app.children()`` and *extra_children*. Reports started
-    with the bound addresses once all are ready. Stops in reverse, then ``app.on_stop(rt)``,
-    then resources.
+    Start order: the configured stores (Redis, caches with their cleaners, the nonce store;
+    see :func:`~megatrio._stores.open_stores`), ``app.on_start(rt)``, the public HTTP
+    listener, the admin listener (if ``config.admin_bind``), then ``app.children()`` and
+    *extra_children*. Reports started with the bound addresses once all are ready. Stops in
+    reverse, then ``app.on_stop(rt)``, then resources.
 
     Raises whatever :func:`mega_runtime` raises for a fatal error (already logged).
     """
@@ -92,6 +94,7 @@ async def serve_app(
         app._attach(rt)
         rt.push_async_callback(_detach, app)
         readiness = _Readiness(rt)
+        await open_stores(rt, config)
         await app.on_start(rt)
         rt.push_async_callback(app.on_stop, rt)
         front = health_front(app.asgi(), readiness)

@@ -29,7 +29,7 @@ def test_serves_routes_health_readiness_and_the_admin_tree(basic: Server) -> Non
     status, body = basic.get("/_megatrio/tree", base=basic.admin)
     tree = json.loads(body)
     assert status == 200
-    assert [c["name"] for c in tree["children"]] == ["http", "admin", "worker"]
+    assert [c["name"] for c in tree["children"]] == ["cache-default", "http", "admin", "worker"]
     assert all(c["state"] == "running" for c in tree["children"])
     # Every log record carries the supervision path of the task that logged it.
     serving = [r for r in basic.records() if "serving http on" in r["event"]]
@@ -210,7 +210,7 @@ def test_console_keeps_the_runtime_running_after_an_exception() -> None:
     assert "ZeroDivisionError: division by zero" in err
     out = "\n".join(proc.out)
     assert "state running" in out
-    assert "children ['http', 'worker']" in out
+    assert "children ['cache-default', 'http', 'worker']" in out
     assert "worker stopped" in out
 
 

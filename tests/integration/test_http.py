@@ -175,5 +175,7 @@ async def test_app_children_start_after_http_and_appear_in_the_tree() -> None:
     async with trio.open_nursery() as nursery:
         serving = await start(nursery, app, Config(bind=("127.0.0.1:0",), admin_bind=""))
         assert serving.admin == ()
-        assert [c["name"] for c in app.rt.snapshot()["children"]] == ["http", "tick"]
+        names = [c["name"] for c in app.rt.snapshot()["children"]]
+        assert names == ["cache-default", "http", "tick"]
+        assert app.cache() is app.rt.cache("default")
         app.rt.stop()
