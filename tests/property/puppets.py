@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -186,6 +187,17 @@ class PuppetTree:
     def assert_no_leftovers(self) -> None:
         assert not self.controller.running, "an incarnation outlived its supervisor"
         assert self.call(task_names) == self.baseline_tasks, "tasks left running"
+
+    def teardown(self, final_checks: Callable[[], None]) -> None:
+        """A state machine's teardown: *final_checks*, then nothing may be left running; close
+        the portal either way (cancelling whatever is left when a check failed)."""
+        ok = False
+        try:
+            final_checks()
+            self.assert_no_leftovers()
+            ok = True
+        finally:
+            self.close(ok=ok)
 
     def close(self, *, ok: bool) -> None:
         try:

@@ -450,22 +450,18 @@ class SupervisorMachine(RuleBasedStateMachine):
             assert error.period_seconds == self.model.config.period_seconds
 
     def teardown(self) -> None:
-        if self.tree is None:
-            return
-        ok = False
-        try:
-            if self.running:
-                self.call(self.sup.stop)
-                self.settle()
-                self.model.stop()
-                self.snapshot_matches_model()
-                self.starts_and_stops_in_model_order()
-                self.puppets_match_model()
-                self.run_outcome_matches_model()
-            self.tree.assert_no_leftovers()
-            ok = True
-        finally:
-            self.tree.close(ok=ok)
+        if self.tree is not None:
+            self.tree.teardown(self.stop_and_check)
+
+    def stop_and_check(self) -> None:
+        if self.running:
+            self.call(self.sup.stop)
+            self.settle()
+            self.model.stop()
+            self.snapshot_matches_model()
+            self.starts_and_stops_in_model_order()
+            self.puppets_match_model()
+            self.run_outcome_matches_model()
 
 
 class SupervisorStartFailureMachine(SupervisorMachine):
