@@ -24,6 +24,10 @@ from ._tree import format_tree as format_tree
 from .app import App as App
 from .nursery._child import ChildContext as ChildContext
 from .nursery._child import current_child as current_child
+from .services._alerts import AlertHandler as AlertHandler
+from .services._alerts import TelegramSender as TelegramSender
+from .services._alerts import WebhookSender as WebhookSender
+from .services._alerts import serve_alerts as serve_alerts
 from .services._cache import Cache as Cache
 from .services._cache import CacheDriver as CacheDriver
 from .services._cache import MemoryCache as MemoryCache
@@ -33,6 +37,13 @@ from .services._logging import configure_logging as configure_logging
 from .services._nonce import MemoryNonceStore as MemoryNonceStore
 from .services._nonce import NonceStore as NonceStore
 from .services._redact import Redactor as Redactor
+from .services._redis import BackendUnavailable as BackendUnavailable
+from .services._redis import CacheUnavailable as CacheUnavailable
+from .services._redis import NonceStoreUnavailable as NonceStoreUnavailable
+from .services._redis import RedisCache as RedisCache
+from .services._redis import RedisNonceStore as RedisNonceStore
+from .services._redis import open_redis as open_redis
+from .services._retry_queue import RetryQueue as RetryQueue
 from .supervisor import NO_BACKOFF as NO_BACKOFF
 from .supervisor import Backoff as Backoff
 from .supervisor import ChildSpec as ChildSpec
@@ -46,11 +57,14 @@ __version__ = "0.1.0"
 
 __all__ = (
     "NO_BACKOFF",
+    "AlertHandler",
     "App",
     "AppNotFound",
+    "BackendUnavailable",
     "Backoff",
     "Cache",
     "CacheDriver",
+    "CacheUnavailable",
     "ChildContext",
     "ChildSpec",
     "Config",
@@ -62,17 +76,23 @@ __all__ = (
     "MemoryCache",
     "MemoryNonceStore",
     "NonceStore",
+    "NonceStoreUnavailable",
     "NonceVerdict",
+    "Redactor",
+    "RedisCache",
+    "RedisNonceStore",
     "Restart",
     "RestartIntensityExceeded",
     "RestartWindow",
-    "Redactor",
+    "RetryQueue",
     "Runtime",
     "Serving",
     "StartupFailed",
     "Strategy",
     "Supervisor",
     "SupervisorNotRunning",
+    "TelegramSender",
+    "WebhookSender",
     "configure_logging",
     "current_child",
     "every",
@@ -80,6 +100,8 @@ __all__ = (
     "load_config",
     "mega_runtime",
     "open_cache",
+    "open_redis",
     "ready_immediately",
+    "serve_alerts",
     "serve_app",
 )

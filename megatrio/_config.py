@@ -309,6 +309,21 @@ class Config:
     nonce_max_entries: int = attrs.field(
         default=100_000, metadata=_meta(_count(1), "memory nonce store cap (fails closed)")
     )
+    alerts_telegram_bot_token: str = attrs.field(
+        default="", metadata=_meta(_path, "Telegram bot token (prefer the environment)")
+    )
+    alerts_telegram_chat_id: str = attrs.field(
+        default="", metadata=_meta(_path, "Telegram chat to send error alerts to")
+    )
+    alerts_webhook_url: str = attrs.field(
+        default="", metadata=_meta(_path, "URL receiving error alerts as JSON POSTs")
+    )
+    alerts_per_minute: int = attrs.field(
+        default=20, metadata=_meta(_count(1), "alert throttle; excess alerts are dropped, counted")
+    )
+    alerts_queue_dir: str = attrs.field(
+        default="", metadata=_meta(_path, "retry queue of failed alerts (default .megatrio/alerts)")
+    )
 
     def __attrs_post_init__(self) -> None:
         # Direct construction gets the same checks as loading.
@@ -320,6 +335,14 @@ class Config:
                     raise ConfigError(f"cache.{alias}: driver 'redis' needs redis_url")
             if self.nonce_driver is NonceDriverKind.REDIS:
                 raise ConfigError("nonce_driver 'redis' needs redis_url")
+        if bool(self.alerts_telegram_bot_token) != bool(self.alerts_telegram_chat_id):
+            raise ConfigError("alerts_telegram_bot_token and alerts_telegram_chat_id go together")
+        if self.alerts_telegram_bot_token and self.alerts_webhook_url:
+            raise ConfigError("choose one alert destination: Telegram or alerts_webhook_url")
+        if self.alerts_webhook_url and not self.alerts_webhook_url.startswith(
+            ("http://", "https://")
+        ):
+            raise ConfigError("alerts_webhook_url must be an http:// or https:// URL")
 
 
 def config_to_json(config: Config) -> str:

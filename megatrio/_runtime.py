@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -39,7 +40,10 @@ class Runtime(metaclass=NoPublicConstructor):
         self._body_scope = anyio.CancelScope()
         self._root_scope = anyio.CancelScope()
         self._root_done = anyio.Event()
-        self._stack = contextlib.AsyncExitStack()
+        # LIFO closers of resources and callbacks; see enter_async_context for why a resource
+        # is held open by a task of its own rather than an AsyncExitStack.
+        self._closers: list[Callable[[], Awaitable[object]]] = []
+        self._tg: anyio.abc.TaskGroup | None = None
         self._stop_requested = False
         self._stop_deadline: float | None = None
         self._fatal: BaseException | None = None
@@ -97,12 +101,30 @@ class Runtime(metaclass=NoPublicConstructor):
         self._root_scope.cancel()
 
     async def enter_async_context(self, cm: AbstractAsyncContextManager[T]) -> T:
-        """Enter *cm* now; it is exited after every child has stopped, in LIFO order."""
-        return await self._stack.enter_async_context(cm)
+        """Enter *cm* now; it is exited after every child has stopped, in LIFO order.
+
+        The context is entered and exited by a holder task of its own in the runtime's task
+        group, not by the calling task: a resource that owns a task group (a connection pool)
+        must be exited in the task and cancel-scope nesting it was entered in, and the body
+        that registers it ends long before the children that use it have stopped.
+
+        Raises whatever ``cm.__aenter__`` raises. An error from ``__aexit__`` is logged.
+        """
+        assert self._tg is not None
+        release = anyio.Event()
+        finished = anyio.Event()
+        value: T = await self._tg.start(_hold, cm, release, finished)
+
+        async def close() -> None:
+            release.set()
+            await finished.wait()
+
+        self._closers.append(close)
+        return value
 
     def push_async_callback(self, callback: Callable[..., Awaitable[object]], *args: Any) -> None:
         """Call ``await callback(*args)`` at shutdown, after the children, in LIFO order."""
-        self._stack.push_async_callback(callback, *args)
+        self._closers.append(functools.partial(callback, *args))
 
     async def _run_root(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -137,10 +159,36 @@ class Runtime(metaclass=NoPublicConstructor):
         # Shielded so an outer cancellation cannot skip cleanup; bounded by the stop deadline
         # so a stuck resource cannot hang the process.
         with anyio.move_on_at(self._deadline(), shield=True):
-            await self._stack.aclose()
+            while self._closers:
+                closer = self._closers.pop()
+                try:
+                    await closer()
+                except Exception:
+                    log.exception("runtime %s: closing a resource failed", self.name)
 
     def __repr__(self) -> str:
         return f"<Runtime {self.name!r}{' stopping' if self._stop_requested else ''}>"
+
+
+async def _hold(
+    cm: AbstractAsyncContextManager[T],
+    release: anyio.Event,
+    finished: anyio.Event,
+    *,
+    task_status: anyio.abc.TaskStatus[T],
+) -> None:
+    started = False
+    try:
+        async with cm as value:
+            task_status.started(value)
+            started = True
+            await release.wait()
+    except Exception:
+        if not started:
+            raise  # __aenter__ failed: enter_async_context raises it
+        log.exception("closing a runtime resource failed")
+    finally:
+        finished.set()
 
 
 @contextlib.asynccontextmanager
@@ -185,6 +233,7 @@ async def mega_runtime(
     body_error: Exception | None = None
     try:
         async with anyio.create_task_group() as tg:
+            rt._tg = tg
             if handle_signals:
                 await tg.start(serve_stop_signals, rt.stop, rt.cancel)
             await tg.start(rt._run_root)

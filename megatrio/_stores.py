@@ -2,22 +2,38 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 from pathlib import Path
 
 from ._config import CacheConfig, CacheDriverKind, Config, NonceDriverKind
+from ._policy._throttle import TokenBucket
 from ._runtime import Runtime
+from .services._alerts import (
+    AlertHandler,
+    AlertSender,
+    TelegramSender,
+    WebhookSender,
+    serve_alerts,
+)
 from .services._cache import CacheDriver, MemoryCache, open_cache
 from .services._file_cache import FileCache
 from .services._nonce import MemoryNonceStore
+from .services._redact import Redactor
 from .services._redis import RedisCache, RedisClient, RedisNonceStore, open_redis
+from .services._retry_queue import RetryQueue
+from .supervisor import ChildSpec
 
 
 async def open_stores(rt: Runtime, config: Config, *, directory: Path | None = None) -> None:
-    """Open Redis (if ``redis_url``), every ``[cache.ALIAS]`` and the nonce store on *rt*.
+    """Open Redis (if ``redis_url``), every ``[cache.ALIAS]``, the nonce store and alerts.
 
     Redis is a runtime resource (closed after every child has stopped); each cache's cleaner
     is the supervised child ``cache-ALIAS``. File caches without a ``path`` live in
-    ``.megatrio/cache/ALIAS`` under *directory* (default: the current directory).
+    ``.megatrio/cache/ALIAS`` under *directory* (default: the current directory). With an
+    alert destination configured, ERROR records are sent there by the supervised child
+    ``alerts`` (throttled, redacted, failed sends kept in a retry queue under
+    ``.megatrio/alerts`` and re-sent).
 
     Raises:
         CacheUnavailable / OSError: Redis or a cache directory cannot be opened.
@@ -38,6 +54,38 @@ async def open_stores(rt: Runtime, config: Config, *, directory: Path | None = N
         rt.nonces = MemoryNonceStore(
             skew_seconds=config.nonce_skew_seconds, max_entries=config.nonce_max_entries
         )
+    await _open_alerts(rt, config, base)
+
+
+async def _open_alerts(rt: Runtime, config: Config, base: Path) -> None:
+    sender: AlertSender
+    if config.alerts_telegram_bot_token:
+        sender = TelegramSender(config.alerts_telegram_bot_token, config.alerts_telegram_chat_id)
+    elif config.alerts_webhook_url:
+        sender = WebhookSender(config.alerts_webhook_url)
+    else:
+        return
+    queue_dir = config.alerts_queue_dir or base / ".megatrio" / "alerts"
+    queue = RetryQueue(Path(queue_dir))
+    handler = AlertHandler(redactor=Redactor(config.redact_keys))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    # The handler goes when the runtime stops (LIFO: after the dispatcher's last round).
+    rt.push_async_callback(_remove_handler, root, handler)
+    dispatch = functools.partial(
+        serve_alerts,
+        handler,
+        sender,
+        queue=queue,
+        throttle=TokenBucket.per_period(config.alerts_per_minute, 60.0),
+        name=rt.name,
+    )
+    # Enough grace for the last round of sends on a graceful stop.
+    await rt.start_child(ChildSpec("alerts", dispatch, shutdown_seconds=15.0))
+
+
+async def _remove_handler(root: logging.Logger, handler: logging.Handler) -> None:
+    root.removeHandler(handler)
 
 
 async def _driver(

@@ -197,3 +197,51 @@ def test_runtime_has_no_public_constructor() -> None:
     args: Any = ("x", 1.0, megatrio.Supervisor())
     with pytest.raises(TypeError, match="no public constructor"):
         megatrio.Runtime(*args)
+
+
+@contextlib.asynccontextmanager
+async def pool(journal: list[str]) -> AsyncIterator[str]:
+    """A resource owning a task group, like a connection pool."""
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(anyio.sleep_forever)
+        journal.append("pool open")
+        yield "pool"
+        journal.append("pool closing")
+        tg.cancel_scope.cancel()
+
+
+async def test_a_resource_owning_a_task_group_outlives_the_body_until_children_stop() -> None:
+    journal: list[str] = []
+
+    async def user(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+        ctx = megatrio.current_child()
+        assert ctx is not None
+        task_status.started()
+        await ctx.wait_stopping()
+        journal.append("child still uses the pool while stopping")
+
+    async with mega_runtime() as rt:
+        assert await rt.enter_async_context(pool(journal)) == "pool"
+        await rt.start_child(ChildSpec("user", user))
+    assert journal == ["pool open", "child still uses the pool while stopping", "pool closing"]
+
+
+async def test_resource_errors_on_enter_raise_and_on_exit_are_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    @contextlib.asynccontextmanager
+    async def broken_enter() -> AsyncIterator[None]:
+        raise Boom("cannot connect")
+        yield  # pragma: no cover
+
+    @contextlib.asynccontextmanager
+    async def broken_exit() -> AsyncIterator[None]:
+        yield
+        raise Boom("cannot flush")
+
+    async with mega_runtime() as rt:
+        with pytest.raises(Boom, match="cannot connect"):
+            await rt.enter_async_context(broken_enter())
+        await rt.enter_async_context(broken_exit())
+    assert "closing a runtime resource failed" in caplog.text
+    assert "Boom: cannot flush" in caplog.text
