@@ -187,8 +187,8 @@ class Cluster:
             proc.send_signal(signal.SIGTERM)
 
     async def run_worker(self, index: int, *, task_status: trio.TaskStatus[int]) -> None:
-        """One worker process, as a supervised child: started once spawned (uptime counts
-        from there), crashed when the process exits unasked."""
+        """One worker process, as a supervised child: started once spawned, up (its uptime
+        counting) once it reports ready, crashed when the process exits unasked."""
         ctx = current_child()
         assert ctx is not None
         status_r, status_w = os.pipe()
@@ -220,7 +220,9 @@ class Cluster:
             status_w = parent_r = -1
             self._procs[index] = proc
             ctx.annotate(pid=proc.pid, ready=False)
-            task_status.started(proc.pid)
+            # Started once spawned, so the supervisor is not blocked by a slow boot; up (for
+            # the rapid-crash rule) only once ready, so a boot failure never counts as uptime.
+            ctx.started(proc.pid, up=False)
             if self.stopping:
                 self._terminate(index, proc)
             booted = await self._wait(index, proc, status_r, ctx)

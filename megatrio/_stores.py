@@ -36,7 +36,7 @@ async def open_stores(rt: Runtime, config: Config, *, directory: Path | None = N
     ``.megatrio/alerts`` and re-sent).
 
     Raises:
-        CacheUnavailable / OSError: Redis or a cache directory cannot be opened.
+        BackendUnavailable / OSError: Redis or a cache directory cannot be opened.
     """
     client: RedisClient | None = None
     if config.redis_url:

@@ -76,6 +76,7 @@ class ChildContext(metaclass=NoPublicConstructor):
         "_started_value",
         "_stop_requested",
         "_stopping",
+        "_up_since",
         "name",
         "path",
     )
@@ -88,6 +89,7 @@ class ChildContext(metaclass=NoPublicConstructor):
         self._on_trio = on_trio
         self._scope = new_scope(on_trio)
         self._started_at: float | None = None
+        self._up_since: float | None = None
         self._ended_at: float | None = None
         self._started_value: object = None
         self._stop_requested = False
@@ -102,8 +104,13 @@ class ChildContext(metaclass=NoPublicConstructor):
 
     # -- the child's side -------------------------------------------------------------------
 
-    def started(self, value: object = None) -> None:
+    def started(self, value: object = None, *, up: bool = True) -> None:
         """Report readiness; the supervisor's start returns *value*. Not a checkpoint.
+
+        Uptime — what the restart window's ``min_uptime_seconds`` and the backoff's stable
+        period judge a crash by — counts from here. With ``up=False`` the child is started
+        but not yet *up* (a worker process spawned but still booting): it has no uptime until
+        it calls :meth:`mark_up`, so a crash before that is always a rapid crash.
 
         Raises:
             RuntimeError: called twice.
@@ -111,6 +118,7 @@ class ChildContext(metaclass=NoPublicConstructor):
         if self._started_at is not None:
             raise RuntimeError(f"child {self.name!r} called task_status.started() twice")
         self._started_at = now(self._on_trio)
+        self._up_since = self._started_at if up else None
         self._started_value = value
         if self._ready is not None:
             self._ready.set()
@@ -132,15 +140,22 @@ class ChildContext(metaclass=NoPublicConstructor):
             self._stopping = new_event(self._on_trio)
         await self._stopping.wait()
 
-    def uptime_seconds(self) -> float:
-        """Seconds from ``started()`` to now, or to the exit once it has exited; 0.0 before.
+    def mark_up(self) -> None:
+        """After ``started(up=False)``: the child is up now; its uptime counts from here.
 
-        Not a checkpoint.
+        Not a checkpoint; later calls do nothing.
         """
-        if self._started_at is None:
+        if self._up_since is None:
+            self._up_since = now(self._on_trio)
+
+    def uptime_seconds(self) -> float:
+        """Seconds since the child was up (see :meth:`started`) until now, or until its exit
+        once it has exited; 0.0 before. Not a checkpoint.
+        """
+        if self._up_since is None:
             return 0.0
         end = now(self._on_trio) if self._ended_at is None else self._ended_at
-        return end - self._started_at
+        return end - self._up_since
 
     # -- the supervisor's side --------------------------------------------------------------
 

@@ -7,7 +7,10 @@ the app's own task. While that close is at its first checkpoint, hypercorn deliv
 ``http.disconnect`` to the app's pending ``receive()``, and an app that still awaits
 ``receive()`` (Quart does) cancels its request task group in response: the cancellation lands in
 hypercorn's close, which is abandoned, and the socket stays open — clients reading to EOF (health
-checks, HTTP/1.0) hang until they time out. The front shields that last ``send``.
+checks, HTTP/1.0) hang until they time out. The front shields that last ``send``, only for
+requests whose connection closes after the response: shielding every request costs ~25% of
+requests/s (hypercorn then completes its keep-alive bookkeeping on each one; measured with
+bench/bench_http.py), and keep-alive responses are delimited by length, so clients do not hang.
 """
 
 from __future__ import annotations
@@ -79,9 +82,21 @@ def health_front(app: ASGIApp, readiness: Callable[[], tuple[bool, list[str]]]) 
             ready, waiting = readiness()
             await send_json(send, 200 if ready else 503, {"ready": ready, "not_ready": waiting})
             return
-        await _call_shielding_the_end(app, scope, receive, send)
+        if _closes_after_response(scope):
+            await _call_shielding_the_end(app, scope, receive, send)
+        else:
+            await app(scope, receive, send)
 
     return front
+
+
+def _closes_after_response(scope: Scope) -> bool:
+    """Whether hypercorn will close this connection after the response (the trap's case)."""
+    if scope.get("http_version") == "1.0":
+        return True
+    return any(
+        name == b"connection" and b"close" in value.lower() for name, value in scope["headers"]
+    )
 
 
 async def _call_shielding_the_end(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:

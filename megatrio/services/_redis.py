@@ -6,12 +6,13 @@ the entering task; each connection is a reader and a writer task in that group, 
 from any task are multiplexed over the pooled connections, replies matched to requests in
 FIFO order. A command cancelled while it waits for its reply stays queued on its connection
 and its late reply is consumed and dropped, so cancelling a command never desynchronises a
-connection. Enter the client once, in an ancestor of every task that uses it, and share it.
+connection. Enter the client once and share it; the tasks that use it never enter it again.
 
 Errors are mapped at one boundary: a Redis that cannot be reached, drops the connection, does
 not answer within the client's timeouts or refuses a command (out of memory, read-only
-replica) raises a :class:`BackendUnavailable` subclass with the coredis error as
-``__cause__`` — never a silent miss, never a silent accept.
+replica) raises :class:`BackendUnavailable` — from the stores, its subclass
+:class:`CacheUnavailable` or :class:`NonceStoreUnavailable` — with the coredis error as
+``__cause__``: never a silent miss, never a silent accept.
 """
 
 from __future__ import annotations
@@ -303,10 +304,12 @@ async def open_redis(
     *options* go to ``coredis.Redis`` (``max_connections``, ``client_name``,
     ``retry_policy``, ...); the ones the URL or the arguments above decide are refused.
 
-    The pool's task group is opened in the entering task and lives until the block exits:
-    enter it in an ancestor of every task that uses the client (around the runtime, or in a
-    supervised child that shares it), once. Exiting cancels and closes every connection.
-    Errors from the body come out as they were raised (not wrapped in an exception group).
+    The pool's task group is opened in the entering task and lives until the block exits, so
+    enter it once and share the client: as a runtime resource,
+    ``client = await rt.enter_async_context(open_redis(url))`` (held open by a task of its
+    own and closed after every child has stopped), or with ``async with`` around the code
+    that uses it. Exiting cancels and closes every connection. Errors from the body come out
+    as they were raised (not wrapped in an exception group).
 
     Raises:
         ValueError: *url* is malformed (the message masks its password) or a timeout is not

@@ -747,3 +747,29 @@ async def test_children_waiting_in_backoff_are_exited_after_stop() -> None:
         assert states(sup) == {"w": "restarting"}
         sup.stop()
     assert states(sup) == {"w": "exited"}
+
+
+async def test_a_child_started_but_not_up_has_no_uptime_until_mark_up() -> None:
+    crashes = 0
+
+    async def booting(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+        nonlocal crashes
+        ctx = megatrio.current_child()
+        assert ctx is not None
+        ctx.started(up=False)
+        await trio.sleep(5)  # a long boot: still no uptime
+        assert ctx.uptime_seconds() == 0.0
+        if crashes < 2:
+            crashes += 1
+            raise Boom("died while booting")
+        ctx.mark_up()
+        await trio.sleep(2)
+        assert ctx.uptime_seconds() == pytest.approx(2)
+        await trio.sleep_forever()
+
+    sup = Supervisor(
+        [ChildSpec("w", booting)], max_restarts=1, min_uptime_seconds=1, backoff=NO_BACKOFF
+    )
+    with pytest.raises(RestartIntensityExceeded):
+        await sup.run()  # two boot crashes after 5 s each are both rapid: gives up
+    assert crashes == 2
