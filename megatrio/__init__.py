@@ -4,6 +4,9 @@ Every long-lived piece of a service runs as a supervised task in one tree; shutd
 cancel-scope deadline and restarts follow Erlang/OTP supervisor semantics.
 """
 
+import importlib as _importlib
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+
 from ._config import Config as Config
 from ._config import LogFormat as LogFormat
 from ._config import LogLevel as LogLevel
@@ -24,10 +27,6 @@ from ._tree import format_tree as format_tree
 from .app import App as App
 from .nursery._child import ChildContext as ChildContext
 from .nursery._child import current_child as current_child
-from .services._alerts import AlertHandler as AlertHandler
-from .services._alerts import TelegramSender as TelegramSender
-from .services._alerts import WebhookSender as WebhookSender
-from .services._alerts import serve_alerts as serve_alerts
 from .services._cache import Cache as Cache
 from .services._cache import CacheDriver as CacheDriver
 from .services._cache import MemoryCache as MemoryCache
@@ -37,12 +36,6 @@ from .services._logging import configure_logging as configure_logging
 from .services._nonce import MemoryNonceStore as MemoryNonceStore
 from .services._nonce import NonceStore as NonceStore
 from .services._redact import Redactor as Redactor
-from .services._redis import BackendUnavailable as BackendUnavailable
-from .services._redis import CacheUnavailable as CacheUnavailable
-from .services._redis import NonceStoreUnavailable as NonceStoreUnavailable
-from .services._redis import RedisCache as RedisCache
-from .services._redis import RedisNonceStore as RedisNonceStore
-from .services._redis import open_redis as open_redis
 from .services._retry_queue import RetryQueue as RetryQueue
 from .supervisor import NO_BACKOFF as NO_BACKOFF
 from .supervisor import Backoff as Backoff
@@ -52,6 +45,43 @@ from .supervisor import RestartWindow as RestartWindow
 from .supervisor import Strategy as Strategy
 from .supervisor import Supervisor as Supervisor
 from .supervisor import ready_immediately as ready_immediately
+
+if _TYPE_CHECKING:
+    from .services._alerts import AlertHandler as AlertHandler
+    from .services._alerts import TelegramSender as TelegramSender
+    from .services._alerts import WebhookSender as WebhookSender
+    from .services._alerts import serve_alerts as serve_alerts
+    from .services._redis import BackendUnavailable as BackendUnavailable
+    from .services._redis import CacheUnavailable as CacheUnavailable
+    from .services._redis import NonceStoreUnavailable as NonceStoreUnavailable
+    from .services._redis import RedisCache as RedisCache
+    from .services._redis import RedisNonceStore as RedisNonceStore
+    from .services._redis import open_redis as open_redis
+
+# Names whose modules pull in heavy clients (coredis, httpx): imported on first use, so a
+# process that uses neither Redis nor alerts does not carry them (memory, GC work).
+_LAZY = {
+    "AlertHandler": ".services._alerts",
+    "TelegramSender": ".services._alerts",
+    "WebhookSender": ".services._alerts",
+    "serve_alerts": ".services._alerts",
+    "BackendUnavailable": ".services._redis",
+    "CacheUnavailable": ".services._redis",
+    "NonceStoreUnavailable": ".services._redis",
+    "RedisCache": ".services._redis",
+    "RedisNonceStore": ".services._redis",
+    "open_redis": ".services._redis",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'megatrio' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
 
 __version__ = "0.1.0"
 

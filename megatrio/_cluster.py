@@ -421,6 +421,9 @@ def worker_process_main(
         return EXIT_FATAL
 
     from ._serve import serve_app
+    from .cli import _freeze_startup_objects
+
+    _freeze_startup_objects()
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:

@@ -5,24 +5,21 @@ from __future__ import annotations
 import functools
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ._config import CacheConfig, CacheDriverKind, Config, NonceDriverKind
 from ._policy._throttle import TokenBucket
 from ._runtime import Runtime
-from .services._alerts import (
-    AlertHandler,
-    AlertSender,
-    TelegramSender,
-    WebhookSender,
-    serve_alerts,
-)
 from .services._cache import CacheDriver, MemoryCache, open_cache
 from .services._file_cache import FileCache
 from .services._nonce import MemoryNonceStore
 from .services._redact import Redactor
-from .services._redis import RedisCache, RedisClient, RedisNonceStore, open_redis
 from .services._retry_queue import RetryQueue
 from .supervisor import ChildSpec
+
+if TYPE_CHECKING:
+    from .services._alerts import AlertSender
+    from .services._redis import RedisClient
 
 
 async def open_stores(rt: Runtime, config: Config, *, directory: Path | None = None) -> None:
@@ -38,14 +35,19 @@ async def open_stores(rt: Runtime, config: Config, *, directory: Path | None = N
     Raises:
         BackendUnavailable / OSError: Redis or a cache directory cannot be opened.
     """
+    # coredis and httpx are imported only by a process that uses them.
     client: RedisClient | None = None
     if config.redis_url:
+        from .services._redis import open_redis
+
         client = await rt.enter_async_context(open_redis(config.redis_url))
     base = Path.cwd() if directory is None else directory
     for alias, cache_config in config.cache.items():
         driver = await _driver(alias, cache_config, client, base)
         await open_cache(rt, alias, driver)
     if config.nonce_driver is NonceDriverKind.REDIS:
+        from .services._redis import RedisNonceStore
+
         assert client is not None  # Config refuses a redis nonce store without redis_url
         rt.nonces = RedisNonceStore(
             client, namespace=rt.name, skew_seconds=config.nonce_skew_seconds
@@ -58,13 +60,15 @@ async def open_stores(rt: Runtime, config: Config, *, directory: Path | None = N
 
 
 async def _open_alerts(rt: Runtime, config: Config, base: Path) -> None:
+    if not (config.alerts_telegram_bot_token or config.alerts_webhook_url):
+        return
+    from .services._alerts import AlertHandler, TelegramSender, WebhookSender, serve_alerts
+
     sender: AlertSender
     if config.alerts_telegram_bot_token:
         sender = TelegramSender(config.alerts_telegram_bot_token, config.alerts_telegram_chat_id)
-    elif config.alerts_webhook_url:
-        sender = WebhookSender(config.alerts_webhook_url)
     else:
-        return
+        sender = WebhookSender(config.alerts_webhook_url)
     queue_dir = config.alerts_queue_dir or base / ".megatrio" / "alerts"
     queue = RetryQueue(Path(queue_dir))
     handler = AlertHandler(redactor=Redactor(config.redact_keys))
@@ -93,6 +97,8 @@ async def _driver(
 ) -> CacheDriver:
     max_bytes = config.max_bytes or None
     if config.driver is CacheDriverKind.REDIS:
+        from .services._redis import RedisCache
+
         assert client is not None  # Config refuses a redis cache without redis_url
         return RedisCache(client)
     if config.driver is CacheDriverKind.FILE:

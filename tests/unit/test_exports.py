@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import types
 
 import pytest
@@ -15,9 +17,19 @@ def test_megatrio_all_lists_exactly_the_public_names() -> None:
         name
         for name, value in vars(megatrio).items()
         if not name.startswith("_") and not isinstance(value, types.ModuleType)
-    }
+    } | set(megatrio._LAZY)
     assert isinstance(megatrio.__all__, tuple)
     assert set(megatrio.__all__) == public
+    for name in megatrio._LAZY:
+        assert getattr(megatrio, name).__module__.startswith("megatrio.services")
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        _ = megatrio.nope  # type: ignore[attr-defined]
+
+
+def test_importing_megatrio_does_not_load_redis_or_http_clients() -> None:
+    code = "import sys, megatrio; print(sorted({'coredis', 'httpx'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_supervisor_module_exports_what_it_defines() -> None:
