@@ -846,7 +846,10 @@ class FileCache:
         # Oldest write first, so that the LRU order of adopted entries is their write order.
         found.sort(key=lambda item: item[2].mtime_ns)
         for digest, known, info in found:
-            if self._index.get(digest) is known and digest not in self._evicting:
+            current = self._index.get(digest)
+            # A pending entry belongs to a write in flight: its writer replaces it.
+            in_flight = current is not None and current.pending
+            if current is known and not in_flight and digest not in self._evicting:
                 self._adopt(digest, known, info)
         # Forget entries whose files neither this walk nor a later, concurrent one saw, and
         # only those created before it began (their files existed before their shard was

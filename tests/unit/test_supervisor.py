@@ -768,7 +768,11 @@ async def test_a_child_started_but_not_up_has_no_uptime_until_mark_up() -> None:
         await trio.sleep_forever()
 
     sup = Supervisor(
-        [ChildSpec("w", booting)], max_restarts=1, min_uptime_seconds=1, backoff=NO_BACKOFF
+        [ChildSpec("w", booting)],
+        max_restarts=1,
+        period_seconds=100,
+        min_uptime_seconds=1,
+        backoff=NO_BACKOFF,
     )
     with pytest.raises(RestartIntensityExceeded):
         await sup.run()  # two boot crashes after 5 s each are both rapid: gives up
