@@ -24,6 +24,7 @@ a failing alert would feed itself); both log at WARNING at most.
 
 from __future__ import annotations
 
+import abc
 import collections
 import email.utils
 import logging
@@ -228,7 +229,7 @@ class _MaskSecrets(logging.Filter):
         return True
 
 
-class _HttpSender:
+class _HttpSender(abc.ABC):
     """POSTs JSON with an ``httpx.AsyncClient`` created on first use; the common part."""
 
     def __init__(
@@ -255,8 +256,9 @@ class _HttpSender:
     def destination(self) -> str:
         return self._destination
 
+    @abc.abstractmethod
     def _payload(self, text: str) -> dict[str, Any]:
-        raise NotImplementedError
+        """The JSON body that carries *text* to this destination."""
 
     def _body_retry_after(self, response: httpx.Response) -> float | None:
         return None
