@@ -568,6 +568,7 @@ class Settings:
     seconds: int
     connections: int = 64
     threads: int = 1
+    parts: frozenset[int] = frozenset({1, 2, 3})
 
 
 @dataclass
@@ -1083,7 +1084,7 @@ def cpu_model() -> str:
 
 def main(settings: Settings) -> int:
     wrk = shutil.which("wrk")
-    if wrk is None:
+    if wrk is None and 3 in settings.parts:
         print(
             "bench_cluster.py: error: the load generator `wrk` is not on PATH (needed for part 3)."
             "\nInstall it with: apt-get update && apt-get install -y wrk   (Debian/Ubuntu;\n"
@@ -1096,9 +1097,13 @@ def main(settings: Settings) -> int:
     failure: str | None = None
     strays: list[str] = []
     try:
-        bench.respawn()
-        bench.stop()
-        bench.rps(wrk)
+        if 1 in settings.parts:
+            bench.respawn()
+        if 2 in settings.parts:
+            bench.stop()
+        if 3 in settings.parts:
+            assert wrk is not None
+            bench.rps(wrk)
     except (BenchError, OSError) as exc:
         failure = f"{type(exc).__name__}: {exc}" if isinstance(exc, OSError) else str(exc)
         print(f"bench_cluster.py: error: {exc}", file=sys.stderr)
@@ -1108,10 +1113,11 @@ def main(settings: Settings) -> int:
     progress("done")
     total = time.perf_counter() - BEGAN
 
+    wrk_text = wrk_version(wrk) if wrk else "no wrk"
     print(
         f"megatrio cluster benchmark ({settings.mode}) - Python {platform.python_version()}, "
         f"trio {version('trio')}, hypercorn {version('hypercorn')}, quart-trio "
-        f"{version('quart-trio')}, megatrio {version('megatrio')}; {wrk_version(wrk)}; "
+        f"{version('quart-trio')}, megatrio {version('megatrio')}; {wrk_text}; "
         f"{os.cpu_count()} CPUs ({cpu_model()})"
     )
     print(
@@ -1153,13 +1159,24 @@ def main(settings: Settings) -> int:
 def parse_args(argv: list[str] | None = None) -> Settings:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="a short run (under a minute)")
+    parser.add_argument(
+        "--parts", default="1,2,3", help="which parts to run, e.g. 1 or 2,3 (default: 1,2,3)"
+    )
     args = parser.parse_args(argv)
+    try:
+        parts = frozenset(int(p) for p in args.parts.split(","))
+    except ValueError:
+        parser.error(f"--parts: expected numbers like 1,2,3, got {args.parts!r}")
+    if not parts or not parts <= {1, 2, 3}:
+        parser.error(f"--parts: choose among 1, 2 and 3, got {args.parts!r}")
     if args.quick:
         return Settings(
+            parts=parts,
             mode="quick", kills=4, spacing=1.5, stable=5.5, poll=0.01, start_reps=2,
             stop_reps=1, idle=0.3, rotations=1, warmup_seconds=1, seconds=2,
         )  # fmt: skip
     return Settings(
+        parts=parts,
         mode="full", kills=10, spacing=1.5, stable=5.5, poll=0.01, start_reps=5,
         stop_reps=3, idle=0.5, rotations=3, warmup_seconds=2, seconds=8,
     )  # fmt: skip

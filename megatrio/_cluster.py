@@ -263,6 +263,7 @@ class Cluster:
                             return
                         data += chunk
                     ready = True
+                    ctx.mark_up()
                     ctx.annotate(ready=True)
                     log.info("worker %d (pid %d) ready", index, proc.pid)
                 finally:

@@ -160,6 +160,7 @@ def _run(args: argparse.Namespace) -> int:
         from ._cluster import serve_cluster
 
         _check_module(args.target)
+        _freeze_startup_objects()
         return trio.run(serve_cluster, args.target, config)
     try:
         app = resolve_app(args.target)
