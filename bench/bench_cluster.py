@@ -79,6 +79,8 @@ from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
+from _common import markdown_table
+
 REPO = Path(__file__).resolve().parent.parent
 APP = "bench.cluster_apps:app"
 QUART_APP = "bench.cluster_apps:quart_app"
@@ -535,19 +537,7 @@ def render(rows: list[Row]) -> str:
         )
         for r in rows
     ]
-    widths = [max(len(row[i]) for row in [header, *cells]) for i in range(len(header))]
-    right = {2, 4}
-
-    def line(row: tuple[str, ...]) -> str:
-        parts = [
-            cell.rjust(width) if i in right else cell.ljust(width)
-            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
-        ]
-        return "| " + " | ".join(parts) + " |"
-
-    rule = "|" + "|".join(("-" * (w + 1) + ":") if i in right else "-" * (w + 2)
-                          for i, w in enumerate(widths)) + "|"  # fmt: skip
-    return "\n".join([line(header), rule, *(line(c) for c in cells)])
+    return markdown_table(header, cells, right={2, 4})
 
 
 # -- settings ----------------------------------------------------------------------------------

@@ -29,12 +29,12 @@ import sys
 import tempfile
 import time
 import tracemalloc
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from importlib.metadata import version
 
 import trio
+from _common import gc_paused
 
 from megatrio.services._cache import MemoryCache
 from megatrio.services._file_cache import FileCache, _write_entry
@@ -91,16 +91,6 @@ QUICK = Config(
 
 def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def populate(root: str, prefix: str, count: int, expires_at: float) -> None:

@@ -54,6 +54,8 @@ from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
 
+from _common import markdown_table
+
 REPO = Path(__file__).resolve().parent.parent
 EXPECTED_BODY = b"hello, world\n"  # bench/http_apps/__init__.py: BODY
 TARGET_RATIO = 0.95
@@ -429,19 +431,7 @@ def render(summaries: dict[str, Summary]) -> str:
                 result,
             )
         )
-    widths = [max(len(row[i]) for row in [header, *cells]) for i in range(len(header))]
-    right = {1, 2, 3, 4, 5, 6, 7, 8, 9, 10}
-
-    def line(row: tuple[str, ...]) -> str:
-        parts = [
-            cell.rjust(width) if i in right else cell.ljust(width)
-            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
-        ]
-        return "| " + " | ".join(parts) + " |"
-
-    rule = "|" + "|".join(("-" * (w + 1) + ":") if i in right else "-" * (w + 2)
-                          for i, w in enumerate(widths)) + "|"  # fmt: skip
-    return "\n".join([line(header), rule, *(line(c) for c in cells)])
+    return markdown_table(header, cells, right={1, 2, 3, 4, 5, 6, 7, 8, 9, 10})
 
 
 def describe_run(run: Run) -> str:

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import gc
 import io
 import json
 import os
@@ -38,6 +37,7 @@ from importlib.metadata import version
 from typing import Any
 
 import trio
+from _common import gc_paused
 
 from megatrio.services._cache import Cache, MemoryCache
 from megatrio.services._redis import RedisCache, RedisClient, open_redis
@@ -127,17 +127,6 @@ def private_redis() -> Iterator[tuple[str, str]]:
 
 
 # -- measurement ----------------------------------------------------------------------------
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Collect, then keep the cyclic GC off for the block (used identically on every side)."""
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from typing import Any
 
 import trio
 import trio.testing
+from _common import gc_paused, markdown_table
 
 from megatrio import NO_BACKOFF, ChildSpec, Restart, Supervisor, current_child
 
@@ -37,17 +38,6 @@ MEGATRIO_LOG = logging.getLogger("megatrio")
 
 class Crash(Exception):
     """What the crashing children raise."""
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Collect, then keep the cyclic GC off for the block (used identically on both sides)."""
-    gc.collect()
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 @contextmanager
@@ -553,19 +543,7 @@ def render(rows: list[Row]) -> str:
         )
         for r in rows
     ]
-    widths = [max(len(row[i]) for row in [header, *cells]) for i in range(len(header))]
-    right = {2, 4}
-
-    def line(row: tuple[str, ...]) -> str:
-        parts = [
-            cell.rjust(width) if i in right else cell.ljust(width)
-            for i, (cell, width) in enumerate(zip(row, widths, strict=True))
-        ]
-        return "| " + " | ".join(parts) + " |"
-
-    rule = "|" + "|".join(("-" * (w + 1) + ":") if i in right else "-" * (w + 2)
-                          for i, w in enumerate(widths)) + "|"  # fmt: skip
-    return "\n".join([line(header), rule, *(line(c) for c in cells)])
+    return markdown_table(header, cells, right={2, 4})
 
 
 async def main(cfg: Config, mode: str) -> None:
