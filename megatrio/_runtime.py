@@ -43,6 +43,10 @@ class Runtime(metaclass=NoPublicConstructor):
         # LIFO closers of resources and callbacks; see enter_async_context for why a resource
         # is held open by a task of its own rather than an AsyncExitStack.
         self._closers: list[Callable[[], Awaitable[object]]] = []
+        # Scopes a second stop (cancel()) must lift: the cleanup in progress and the shields
+        # that hold each resource open.
+        self._cleanup_scope: anyio.CancelScope | None = None
+        self._guards: list[anyio.CancelScope] = []
         self._tg: anyio.abc.TaskGroup | None = None
         self._stop_requested = False
         self._stop_deadline: float | None = None
@@ -95,10 +99,18 @@ class Runtime(metaclass=NoPublicConstructor):
         self._body_scope.cancel()
 
     def cancel(self) -> None:
-        """Stop immediately: like :meth:`stop`, with no grace for children or resources."""
+        """Stop immediately: like :meth:`stop`, with no grace for children or resources.
+
+        Also interrupts a graceful stop already under way — children still stopping, an
+        ``on_stop`` hook or a resource being closed are cancelled at once. Not a checkpoint.
+        """
         self.stop()
         self._stop_deadline = -math.inf
         self._root_scope.cancel()
+        if self._cleanup_scope is not None:
+            self._cleanup_scope.cancel()
+        for guard in self._guards:
+            guard.cancel()
 
     async def enter_async_context(self, cm: AbstractAsyncContextManager[T]) -> T:
         """Enter *cm* now; it is exited after every child has stopped, in LIFO order.
@@ -108,14 +120,23 @@ class Runtime(metaclass=NoPublicConstructor):
         must be exited in the task and cancel-scope nesting it was entered in, and the body
         that registers it ends long before the children that use it have stopped.
 
+        Once entered, the resource is shielded: cancelling the runtime from outside does not
+        cancel it, its ``__aexit__`` runs without an exception and without being cancelled,
+        bounded by what is left of ``grace_seconds``. :meth:`cancel` lifts the shield (the
+        ``__aexit__`` in progress is cancelled). Cancelling the caller while ``__aenter__``
+        runs cancels ``__aenter__``.
+
         Raises whatever ``cm.__aenter__`` raises. An error from ``__aexit__`` is logged.
         """
         assert self._tg is not None
         release = anyio.Event()
         finished = anyio.Event()
-        value: T = await self._tg.start(_hold, cm, release, finished)
+        guard = anyio.CancelScope()
+        value: T = await self._tg.start(_hold, cm, guard, release, finished)
+        self._guards.append(guard)
 
         async def close() -> None:
+            guard.deadline = min(guard.deadline, self._deadline())
             release.set()
             await finished.wait()
 
@@ -157,14 +178,35 @@ class Runtime(metaclass=NoPublicConstructor):
 
     async def _close_resources(self) -> None:
         # Shielded so an outer cancellation cannot skip cleanup; bounded by the stop deadline
-        # so a stuck resource cannot hang the process.
-        with anyio.move_on_at(self._deadline(), shield=True):
-            while self._closers:
-                closer = self._closers.pop()
-                try:
-                    await closer()
-                except Exception:
-                    log.exception("runtime %s: closing a resource failed", self.name)
+        # so a stuck resource cannot hang the process; cancel() lifts it.
+        with anyio.move_on_at(self._deadline(), shield=True) as scope:
+            self._cleanup_scope = scope
+            if self._stop_deadline == -math.inf:
+                scope.cancel()
+            try:
+                while self._closers:
+                    closer = self._closers.pop()
+                    try:
+                        await closer()
+                    except Exception:
+                        log.exception("runtime %s: closing a resource failed", self.name)
+            finally:
+                self._cleanup_scope = None
+        # Whatever the grace left open is cancelled now, so no holder outlives the runtime.
+        for guard in self._guards:
+            guard.cancel()
+
+    async def _wait_children_gone(self) -> None:
+        """After an outer cancellation: let the root supervisor unwind before resources close,
+        bounded by the grace."""
+        with anyio.move_on_at(self._deadline(), shield=True) as scope:
+            self._cleanup_scope = scope
+            if self._stop_deadline == -math.inf:
+                scope.cancel()
+            try:
+                await self._root_done.wait()
+            finally:
+                self._cleanup_scope = None
 
     def __repr__(self) -> str:
         return f"<Runtime {self.name!r}{' stopping' if self._stop_requested else ''}>"
@@ -172,17 +214,23 @@ class Runtime(metaclass=NoPublicConstructor):
 
 async def _hold(
     cm: AbstractAsyncContextManager[T],
+    guard: anyio.CancelScope,
     release: anyio.Event,
     finished: anyio.Event,
     *,
     task_status: anyio.abc.TaskStatus[T],
 ) -> None:
+    # Invariant: *guard* is entered before the resource and exited after it, so the resource's
+    # own scopes (a pool's task group) nest inside it; shielding it after __aenter__ keeps an
+    # outer cancellation away from the resource until close() releases it.
     started = False
     try:
-        async with cm as value:
-            task_status.started(value)
-            started = True
-            await release.wait()
+        with guard:
+            async with cm as value:
+                guard.shield = True
+                task_status.started(value)
+                started = True
+                await release.wait()
     except Exception:
         if not started:
             raise  # __aenter__ failed: enter_async_context raises it
@@ -234,16 +282,25 @@ async def mega_runtime(
     try:
         async with anyio.create_task_group() as tg:
             rt._tg = tg
-            if handle_signals:
-                await tg.start(serve_stop_signals, rt.stop, rt.cancel)
-            await tg.start(rt._run_root)
             try:
-                with rt._body_scope:
-                    yield rt
-            except Exception as exc:
-                body_error = exc
+                if handle_signals:
+                    await tg.start(serve_stop_signals, rt.stop, rt.cancel)
+                await tg.start(rt._run_root)
+                try:
+                    with rt._body_scope:
+                        yield rt
+                except Exception as exc:
+                    body_error = exc
+                    rt._stop_requested = True
+                await rt._shutdown()
+            except BaseException:
+                # Cancelled from outside (or worse): the children are being cancelled with
+                # the task group; once they are gone, resources still close, shielded and
+                # bounded by the grace.
                 rt._stop_requested = True
-            await rt._shutdown()
+                await rt._wait_children_gone()
+                await rt._close_resources()
+                raise
             tg.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         leaf = unwrap_group(group)

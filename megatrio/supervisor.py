@@ -7,10 +7,15 @@ them according to their :class:`Restart` type and the supervisor's :class:`Strat
 restarts with a :class:`RestartWindow`, and stops children one at a time in reverse start
 order, each with its own two-phase shutdown (see :class:`~megatrio.ChildContext`).
 
+Every decision is made by a sans-IO state machine
+(:class:`megatrio._policy._supervision.SupervisionCore`); this module is its driver: it
+launches and cancels tasks, keeps time and logs.
+
 Exit classes, as in OTP:
 
 * **normal** — the target returned without being asked to stop;
-* **shutdown** — its own supervisor asked it to stop (never a crash, whatever it raised);
+* **shutdown** — its own supervisor asked it to stop (never a crash, whatever it raised: an
+  error is logged as the child's shutdown error and goes no further);
 * **abnormal** — it raised an ``Exception`` without being asked to stop.
 
 Cancellation from outside the supervisor, ``KeyboardInterrupt`` and ``SystemExit`` are never
@@ -19,34 +24,51 @@ counted as crashes: they propagate and take the tree down.
 
 from __future__ import annotations
 
-import enum
-import heapq
-import itertools
 import logging
 import math
 import random
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, final
 
 import anyio
 import anyio.abc
 import attrs
-from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from ._exceptions import RestartIntensityExceeded, StartupFailed, SupervisorNotRunning
 from ._policy._backoff import DEFAULT_BACKOFF, NO_BACKOFF, Backoff
 from ._policy._checks import check_seconds
-from ._policy._window import RestartWindow
-from .nursery._backend import Spawn, now, open_spawner, running_on_trio
-from .nursery._child import (
-    ChildContext,
+from ._policy._supervision import (
+    CancelAt,
+    Exited,
     ExitKind,
-    Target,
-    bind_context,
-    current_child,
-    start_child_task,
+    ExitOutcome,
+    Finished,
+    GiveUp,
+    Outcome,
+    Ready,
+    Restart,
+    ScheduleRestart,
+    SignalStop,
+    Start,
+    StartFailure,
+    StartResolved,
+    StopChildDone,
+    Strategy,
+    SupervisionCore,
 )
-from .nursery._errors import describe
+from ._policy._window import RestartWindow
+from .nursery._backend import (
+    Event,
+    Scope,
+    Spawn,
+    new_event,
+    new_scope,
+    now,
+    open_spawner,
+    running_on_trio,
+)
+from .nursery._child import Incarnation, Target, current_incarnation, run_incarnation
+from .nursery._errors import describe, log_exception
 
 __all__ = (
     "NO_BACKOFF",
@@ -60,28 +82,6 @@ __all__ = (
 )
 
 log = logging.getLogger("megatrio.supervisor")
-
-
-class Restart(enum.Enum):
-    """When a child that exited is restarted."""
-
-    PERMANENT = "permanent"
-    """Always, whatever the exit (a normal return too)."""
-    TRANSIENT = "transient"
-    """Only after an abnormal exit; a normal return leaves it exited."""
-    TEMPORARY = "temporary"
-    """Never; when it exits (or a group restart stops it) it is removed."""
-
-
-class Strategy(enum.Enum):
-    """Which children a restart covers."""
-
-    ONE_FOR_ONE = "one_for_one"
-    """Only the child that exited."""
-    ONE_FOR_ALL = "one_for_all"
-    """Every child: the others are stopped in reverse order, then all start in order."""
-    REST_FOR_ONE = "rest_for_one"
-    """The child that exited and every child started after it."""
 
 
 def _check_name(instance: object, attribute: attrs.Attribute[str], value: str) -> None:
@@ -98,6 +98,13 @@ def _check_shutdown(instance: object, attribute: attrs.Attribute[float], value: 
     check_seconds("shutdown_seconds", value)
 
 
+def _check_start_timeout(
+    instance: object, attribute: attrs.Attribute[float | None], value: float | None
+) -> None:
+    if value is not None:
+        check_seconds("start_timeout_seconds", value, allow_zero=False)
+
+
 def _as_args(value: Iterable[object]) -> tuple[object, ...]:
     return tuple(value)
 
@@ -108,8 +115,9 @@ class ChildSpec:
 
     The target must call ``task_status.started(value)`` once it is ready; only then is it
     *started* (its uptime counts from there, and the next child may start). Raising or
-    returning before that is a failed start. Wrap a plain coroutine function with
-    :func:`ready_immediately` when it has no readiness to report.
+    returning before that is a failed start, and so is not reporting ready within
+    *start_timeout_seconds* (``None``: no limit) — the child is then cancelled. Wrap a plain
+    coroutine function with :func:`ready_immediately` when it has no readiness to report.
 
     *shutdown_seconds* is this child's grace when it is stopped: its *stopping* signal is set,
     and whatever still runs ``shutdown_seconds`` later is cancelled. ``0`` cancels at once;
@@ -123,6 +131,9 @@ class ChildSpec:
         default=Restart.PERMANENT, validator=attrs.validators.instance_of(Restart)
     )
     shutdown_seconds: float = attrs.field(default=5.0, validator=_check_shutdown)
+    start_timeout_seconds: float | None = attrs.field(
+        default=None, kw_only=True, validator=_check_start_timeout
+    )
 
 
 def ready_immediately(fn: Target) -> Target:
@@ -142,44 +153,57 @@ def ready_immediately(fn: Target) -> Target:
     return target
 
 
-class _ChildState(enum.Enum):
-    STARTING = "starting"
-    RUNNING = "running"
-    STOPPING = "stopping"
-    BACKOFF = "restarting"
-    EXITED = "exited"
+_NOT_STARTED = "returned before calling task_status.started()"
 
 
-class _Child:
-    """The supervisor's record of one child across its incarnations."""
+@final
+class _Waiter:
+    """A caller of start_child or stop_child, waiting for the core's answer."""
+
+    __slots__ = ("done", "error", "failure", "value")
+
+    def __init__(self, done: Event) -> None:
+        self.done = done
+        self.value: object = None
+        self.failure: StartFailure | None = None
+        self.error: Exception | None = None
+
+
+@final
+class _Run:
+    """The state of one run of a supervisor: its core, its tasks and its waiters."""
 
     __slots__ = (
-        "attempt",
-        "ctx",
-        "last_error",
-        "order",
-        "restart_due",
-        "restart_token",
-        "restarts",
-        "spec",
-        "state",
+        "abandoned",
+        "core",
+        "finished",
+        "live",
+        "on_trio",
+        "outcome",
+        "paths",
+        "spawn",
+        "specs",
+        "start_waiters",
+        "stop_waiters",
+        "timer",
+        "wake",
     )
 
-    def __init__(self, spec: ChildSpec, order: int) -> None:
-        self.spec = spec
-        self.order = order
-        self.ctx: ChildContext | None = None
-        self.state = _ChildState.STARTING
-        self.restarts = 0
-        self.last_error: BaseException | None = None
-        self.attempt = 0
-        self.restart_due: float | None = None
-        # Identifies the one live entry of this child in the supervisor's restart heap;
-        # rescheduling bumps it, which makes every older entry stale.
-        self.restart_token = 0
-
-
-_NOT_STARTED = "returned before calling task_status.started()"
+    def __init__(self, core: SupervisionCore[Exception], on_trio: bool, spawn: Spawn) -> None:
+        self.core = core
+        self.on_trio = on_trio
+        self.spawn = spawn
+        self.specs: dict[str, ChildSpec] = {}
+        self.paths: dict[str, tuple[str, ...]] = {}
+        self.live: dict[str, Incarnation] = {}
+        self.start_waiters: dict[str, _Waiter] = {}
+        self.stop_waiters: dict[str, _Waiter] = {}
+        self.wake = new_event(on_trio)
+        """Set by Ready or Finished."""
+        self.finished = new_event(on_trio)
+        self.outcome: Finished[Exception] | None = None
+        self.timer: Scope | None = None
+        self.abandoned = False
 
 
 @final
@@ -231,24 +255,15 @@ class Supervisor:
         self.name = name
         self.strategy = strategy
         self.backoff = backoff
+        # Validates the intensity arguments now; each run gets a fresh window like it.
         self._window = RestartWindow(max_restarts, period_seconds, min_uptime_seconds)
         self._initial = specs
         self._rng = random_source if random_source is not None else random.Random()
-        self._running = False
-        self._state = "idle"
         self._path: tuple[str, ...] = (name,)
-        self._children: list[_Child] = []
-        self._by_name: dict[str, _Child] = {}
-        self._due: list[tuple[float, int, int, _Child]] = []
-        self._order = itertools.count()
-        self._stop_requested = False
-        self._give_up: RestartIntensityExceeded | None = None
-        self._starting: _Child | None = None
-        self._spawn: Spawn | None = None
-        self._on_trio = False
-        self._send: MemoryObjectSendStream[ChildContext | None] | None = None
-        self._lock: anyio.Lock | None = None
-        self._total_restarts = 0
+        self._run: _Run | None = None
+        self._core: SupervisionCore[Exception] | None = None
+        """The last run's core (kept after the run, for snapshots)."""
+        self._state = "idle"
 
     @property
     def max_restarts(self) -> int:
@@ -287,7 +302,8 @@ class Supervisor:
 
         Reports started once every initial child has started. Returns after :meth:`stop` (or,
         as a child, its parent's stop request) once every child has stopped. Cancelling it
-        cancels every child at once.
+        cancels every child at once (an error a child raises while being cancelled is logged
+        as its shutdown error, not raised).
 
         Raises:
             StartupFailed: an initial child failed to start; the ones already started were
@@ -295,47 +311,63 @@ class Supervisor:
             RestartIntensityExceeded: too many restarts; every child was stopped first.
             RuntimeError: it is already running.
         """
-        if self._running:
+        if self._run is not None:
             raise RuntimeError(f"supervisor {self.name!r} is already running")
-        self._running = True
-        self._reset()
-        parent = current_child()
+        parent = current_incarnation()
+        self._path = (self.name,) if parent is None else parent.path
         if parent is not None:
-            self._path = parent.path
-            parent.attach_snapshot(self.snapshot)
-        # Unbounded, yet bounded by construction: at most one exit message per incarnation,
-        # and the supervise loop consumes them in order.
-        send, receive = anyio.create_memory_object_stream[ChildContext | None](math.inf)
-        self._send = send
-        self._lock = anyio.Lock(fast_acquire=True)
-        self._on_trio = running_on_trio()
-        error: BaseException | None = None
+            parent.snapshot = self.snapshot
+        on_trio = running_on_trio()
+        window = RestartWindow(self.max_restarts, self.period_seconds, self.min_uptime_seconds)
+        core: SupervisionCore[Exception] = SupervisionCore(
+            self.strategy, window, self.backoff, self._rng
+        )
+        self._core = core
+        self._state = "starting"
+        outcome: Finished[Exception] | None = None
         try:
-            with send, receive:
-                async with open_spawner(self._on_trio) as spawn:
-                    self._spawn = spawn
-                    watch = anyio.CancelScope()
+            async with open_spawner(on_trio) as spawn:
+                run = _Run(core, on_trio, spawn)
+                self._run = run
+                helpers: list[Scope] = []
+                try:
+                    self._spawn_helper(run, helpers, self._run_timer, run)
                     if parent is not None:
-                        spawn(self._follow_parent_stop, parent, watch)
-                    try:
-                        await self._start_initial()
-                        if not self._stop_requested:
-                            self._state = "running"
-                            task_status.started()
-                            error = await self._supervise(receive)
-                    except StartupFailed as exc:
-                        error = exc
-                    self._state = "stopping"
-                    await self._stop_all()
-                    watch.cancel()
+                        self._spawn_helper(run, helpers, self._follow_parent, parent)
+                    for spec in self._initial:
+                        run.specs[spec.name] = spec
+                    self._perform(
+                        run,
+                        core.begin(
+                            [
+                                (s.name, s.restart, s.shutdown_seconds, s.start_timeout_seconds)
+                                for s in self._initial
+                            ],
+                            now(on_trio),
+                        ),
+                    )
+                    await run.wake.wait()
+                    if run.outcome is None:
+                        self._state = "running"
+                        task_status.started()
+                        await run.finished.wait()
+                    outcome = run.outcome
+                except BaseException:
+                    run.abandoned = True
+                    core.abandon()
+                    self._release_waiters(run)
+                    raise
+                finally:
+                    for scope in helpers:
+                        scope.cancel()
         finally:
-            self._state = "stopped" if error is None else "failed"
-            self._running = False
-            self._spawn = None
-            self._send = None
-            self._starting = None
-        if error is not None:
-            raise error
+            self._run = None
+            if outcome is None or outcome.outcome is Outcome.STOPPED:
+                self._state = "stopped"
+            else:
+                self._state = "failed"
+        if outcome is not None:
+            self._raise_outcome(outcome)
 
     def stop(self) -> None:
         """Ask the supervisor to stop: no more restarts, children stop in reverse order.
@@ -343,51 +375,76 @@ class Supervisor:
         Idempotent and not a checkpoint; :meth:`run` returns once every child has stopped. A
         child being started at that moment gets its stop request too.
         """
-        if not self._running or self._stop_requested:
+        run = self._run
+        if run is None or run.abandoned:
             return
-        self._stop_requested = True
-        starting = self._starting
-        if starting is not None and starting.ctx is not None:
-            starting.ctx.request_stop(starting.spec.shutdown_seconds)
-        if self._send is not None:
-            self._send.send_nowait(None)
+        self._perform(run, run.core.stop_requested(now(run.on_trio)))
 
     async def start_child(self, spec: ChildSpec) -> object:
         """Add *spec* as the last child and start it; return the value it passed to started().
 
+        The start belongs to the supervisor, not to the caller: cancelling this call only
+        stops the wait — the child still starts and, once ready, is supervised like any other
+        (a failed start is then logged, not raised).
+
         Raises:
-            StartupFailed: the child failed before it was started (it is not added).
-            SupervisorNotRunning: the supervisor is not running or is stopping.
+            StartupFailed: the child failed, or timed out, before it was started (it is not
+                added), or it was removed by :meth:`stop_child` first.
+            SupervisorNotRunning: the supervisor is not running, or stopped before the child
+                was ready.
             ValueError: a child with that name already exists.
         """
         if not isinstance(spec, ChildSpec):
             raise TypeError(f"start_child takes a ChildSpec, got {spec!r}")
-        self._check_running("start a child")
-        assert self._lock is not None
-        async with self._lock:
-            self._check_running("start a child")
-            if spec.name in self._by_name:
-                raise ValueError(f"duplicate child name {spec.name!r} in supervisor {self.name!r}")
-            return await self._start_new(spec)
+        run = self._running("start a child")
+        try:
+            actions = run.core.add_child(
+                spec.name,
+                spec.restart,
+                spec.shutdown_seconds,
+                spec.start_timeout_seconds,
+                now(run.on_trio),
+            )
+        except ValueError:
+            raise ValueError(
+                f"duplicate child name {spec.name!r} in supervisor {self.name!r}"
+            ) from None
+        waiter = _Waiter(new_event(run.on_trio))
+        run.specs[spec.name] = spec
+        run.start_waiters[spec.name] = waiter
+        self._perform(run, actions)
+        await waiter.done.wait()
+        if waiter.failure is None:
+            value, waiter.value = waiter.value, None
+            return value
+        if waiter.failure is StartFailure.STOPPING:
+            raise SupervisorNotRunning(
+                f"cannot start child {spec.name!r}: supervisor {self.name!r} is stopping"
+            )
+        raise StartupFailed(
+            spec.name, _failure_reason(waiter.failure, waiter.error, spec)
+        ) from waiter.error
 
     async def stop_child(self, name: str) -> None:
         """Stop the child *name* (two-phase, within its grace) and remove it.
 
-        A child stopped this way is never counted as a crash and is not restarted.
+        A child stopped this way is never counted as a crash and is not restarted. The stop
+        belongs to the supervisor: cancelling this call only stops the wait.
 
         Raises:
             LookupError: there is no child called *name*.
             SupervisorNotRunning: the supervisor is not running or is stopping.
         """
-        self._check_running("stop a child")
-        assert self._lock is not None
-        async with self._lock:
-            child = self._by_name.get(name)
-            if child is None:
-                raise LookupError(f"supervisor {self.name!r} has no child {name!r}")
-            if child.ctx is not None:
-                await self._stop_one(child)
-            self._remove(child)
+        run = self._running("stop a child")
+        try:
+            actions = run.core.stop_child(name, now(run.on_trio))
+        except LookupError:
+            raise LookupError(f"supervisor {self.name!r} has no child {name!r}") from None
+        waiter = run.stop_waiters.get(name)
+        if waiter is None:
+            waiter = run.stop_waiters[name] = _Waiter(new_event(run.on_trio))
+        self._perform(run, actions)
+        await waiter.done.wait()
 
     def snapshot(self) -> dict[str, Any]:
         """The supervision tree below this supervisor as plain data (JSON-serialisable).
@@ -397,285 +454,269 @@ class Supervisor:
         ``info`` when the child annotated itself (:meth:`ChildContext.annotate`) and, for a
         nested supervisor, ``supervisor`` (its own snapshot).
         """
+        core = self._core
+        run = self._run
+        children: list[dict[str, Any]] = []
+        total = 0
+        if core is not None:
+            total = core.total_restarts
+            current = now(run.on_trio) if run is not None else 0.0
+            for record in core.children():
+                incarnation = None if run is None else run.live.get(record.name)
+                entry: dict[str, Any] = {
+                    "name": record.name,
+                    "state": record.state.value,
+                    "restart": record.restart.value,
+                    "restarts": record.restarts,
+                    "uptime_seconds": record.uptime_seconds(current),
+                    "last_error": None
+                    if record.last_error is None
+                    else describe(record.last_error),
+                }
+                if incarnation is not None:
+                    if incarnation.info:
+                        entry["info"] = dict(incarnation.info)
+                    if incarnation.snapshot is not None:
+                        entry["supervisor"] = incarnation.snapshot()
+                children.append(entry)
         return {
             "name": self.name,
             "path": "/".join(self._path),
-            "state": self._state,
+            "state": self._state_word(),
             "strategy": self.strategy.value,
             "max_restarts": self.max_restarts,
             "period_seconds": self.period_seconds,
             "min_uptime_seconds": self.min_uptime_seconds,
-            "restarts": self._total_restarts,
-            "children": [self._child_snapshot(child) for child in self._children],
+            "restarts": total,
+            "children": children,
         }
 
     # -- internals --------------------------------------------------------------------------
 
-    def _reset(self) -> None:
-        self._window.reset()
-        self._state = "starting"
-        self._path = (self.name,)
-        self._children = []
-        self._by_name = {}
-        self._due = []
-        self._stop_requested = False
-        self._give_up = None
-        self._starting = None
-        self._total_restarts = 0
-
-    def _check_running(self, what: str) -> None:
-        if not self._running or self._stop_requested or self._give_up is not None:
-            raise SupervisorNotRunning(
-                f"cannot {what}: supervisor {self.name!r} is {self._state_word()}"
-            )
-
     def _state_word(self) -> str:
-        if not self._running:
-            return "not running"
-        return "stopping" if self._stop_requested or self._give_up else self._state
+        run = self._run
+        if run is not None and run.core.state == "stopping":
+            return "stopping"
+        return self._state
 
-    async def _follow_parent_stop(self, parent: ChildContext, scope: anyio.CancelScope) -> None:
-        with scope:
-            await parent.wait_stopping()
-            self.stop()
+    def _running(self, what: str) -> _Run:
+        run = self._run
+        if run is None or run.abandoned or not run.core.accepting:
+            state = "not running" if run is None else self._state_word()
+            raise SupervisorNotRunning(f"cannot {what}: supervisor {self.name!r} is {state}")
+        return run
 
-    def _on_child_exit(self, ctx: ChildContext) -> None:
-        # Called synchronously by the child's task as it ends. Exits the supervisor asked for
-        # are awaited by the stopper itself and need no message.
-        if not ctx.stopping and self._send is not None:
-            self._send.send_nowait(ctx)
+    @staticmethod
+    def _spawn_helper(
+        run: _Run, scopes: list[Scope], fn: Callable[..., Any], *args: object
+    ) -> None:
+        """Run ``fn(*args)`` in the run's task group until the run ends."""
+        scope = new_scope(run.on_trio)
+        scopes.append(scope)
 
-    async def _start_initial(self) -> None:
-        assert self._lock is not None
-        async with self._lock:
-            for spec in self._initial:
-                if self._stop_requested:
-                    return
-                try:
-                    await self._start_new(spec)
-                except SupervisorNotRunning:
-                    return  # a stop arrived while this child was starting
+        async def helper() -> None:
+            with scope:
+                await fn(*args)
 
-    async def _start_new(self, spec: ChildSpec) -> object:
-        child = _Child(spec, next(self._order))
-        self._children.append(child)
-        self._by_name[spec.name] = child
-        if await self._start_incarnation(child):
-            ctx = child.ctx
-            value = None if ctx is None else ctx._started_value
-            if ctx is not None:
-                ctx._started_value = None
-            return value
-        self._remove(child)
-        if self._stop_requested:
-            raise SupervisorNotRunning(
-                f"cannot start child {spec.name!r}: supervisor {self.name!r} is stopping"
-            )
-        error = child.last_error
-        reason = _NOT_STARTED if error is None else describe(error)
-        raise StartupFailed(spec.name, reason) from error
+        run.spawn(helper)
 
-    async def _start_incarnation(self, child: _Child) -> bool:
-        assert self._spawn is not None
-        ctx = bind_context(child.spec.name, (*self._path, child.spec.name), self._on_trio)
-        child.ctx = ctx
-        child.state = _ChildState.STARTING
-        self._starting = child
-        try:
-            started = await start_child_task(
-                self._spawn, ctx, child.spec.target, child.spec.args, self._on_child_exit
-            )
-        finally:
-            self._starting = None
-        if started:
-            if child.ctx is ctx and ctx.exit_kind is None:
-                child.state = _ChildState.RUNNING
-            return True
-        child.ctx = None
-        child.state = _ChildState.EXITED
-        if not ctx.stopping:
-            child.last_error = ctx.error
-            if ctx.error is not None:
+    async def _run_timer(self, run: _Run) -> None:
+        """Call the core's timer whenever its next deadline passes."""
+        core = run.core
+        while True:
+            scope = new_scope(run.on_trio)
+            scope.deadline = core.next_deadline()
+            run.timer = scope
+            with scope:
+                await anyio.sleep_forever()
+            run.timer = None
+            self._perform(run, core.timer_fired(now(run.on_trio)))
+
+    async def _follow_parent(self, parent: Incarnation) -> None:
+        await parent.wait_stopping()
+        self.stop()
+
+    def _perform(self, run: _Run, actions: list[Any]) -> None:
+        """Carry out the core's actions, in order. Not a checkpoint; never raises."""
+        for action in actions:
+            kind = type(action)
+            if kind is Start:
+                self._launch(run, action)
+            elif kind is SignalStop:
+                incarnation = run.live.get(action.name)
+                if incarnation is not None and incarnation.number == action.incarnation:
+                    incarnation.signal_stop()
+            elif kind is CancelAt:
+                incarnation = run.live.get(action.name)
+                if incarnation is not None and incarnation.number == action.incarnation:
+                    incarnation.cancel_at(action.deadline)
+            elif kind is Exited:
+                self._log_exit(run, action)
+            elif kind is StartResolved:
+                self._resolve_start(run, action)
+            elif kind is StopChildDone:
+                stop_waiter = run.stop_waiters.pop(action.name, None)
+                if stop_waiter is not None:
+                    stop_waiter.done.set()
+            elif kind is Ready:
+                run.wake.set()
+            elif kind is GiveUp:
                 log.error(
-                    "child %s failed to start: %s",
-                    "/".join(ctx.path),
-                    describe(ctx.error),
-                    exc_info=ctx.error,
+                    "supervisor %s giving up after child %s: more than %d restart(s) within %g s",
+                    "/".join(self._path),
+                    action.name,
+                    self.max_restarts,
+                    self.period_seconds,
+                )
+            elif kind is Finished:
+                run.outcome = action
+                self._release_waiters(run)
+                run.wake.set()
+                run.finished.set()
+            elif kind is ScheduleRestart:
+                pass  # the timer below picks up the new deadline
+        timer = run.timer
+        if timer is not None:
+            deadline = run.core.next_deadline()
+            if deadline != timer.deadline:
+                timer.deadline = deadline
+
+    def _launch(self, run: _Run, action: Start) -> None:
+        name = action.name
+        spec = run.specs[name]
+        path = run.paths.get(name)
+        if path is None:
+            path = run.paths[name] = (*self._path, name)
+        incarnation = Incarnation(name, path, action.incarnation, run.on_trio, self)
+        run.live[name] = incarnation
+        run.spawn(run_incarnation, incarnation, spec.target, spec.args, name="/".join(path))
+
+    def _resolve_start(self, run: _Run, action: StartResolved[Exception]) -> None:
+        waiter = run.start_waiters.pop(action.name, None)
+        if waiter is None:
+            return
+        waiter.failure = action.failure
+        waiter.error = action.error
+        if action.failure is None:
+            incarnation = run.live.get(action.name)
+            if incarnation is not None:
+                waiter.value, incarnation.started_value = incarnation.started_value, None
+        waiter.done.set()
+
+    @staticmethod
+    def _release_waiters(run: _Run) -> None:
+        for waiter in run.start_waiters.values():
+            waiter.failure = StartFailure.STOPPING
+            waiter.done.set()
+        run.start_waiters.clear()
+        for waiter in run.stop_waiters.values():
+            waiter.done.set()
+        run.stop_waiters.clear()
+
+    def _log_exit(self, run: _Run, action: Exited[Exception]) -> None:
+        path = "/".join(run.paths.get(action.name) or (*self._path, action.name))
+        error, kind, outcome = action.error, action.kind, action.outcome
+        if kind is ExitKind.FAILED_START:
+            spec = run.specs.get(action.name)
+            reason = _failure_reason(action.failure or StartFailure.FAILED, error, spec)
+            if error is not None:
+                log_exception(
+                    log, logging.ERROR, error, "child %s failed to start: %s", path, reason
                 )
             else:
-                log.error("child %s %s", "/".join(ctx.path), _NOT_STARTED)
-        return False
-
-    async def _supervise(
-        self, receive: MemoryObjectReceiveStream[ChildContext | None]
-    ) -> RestartIntensityExceeded | None:
-        assert self._lock is not None
-        while True:
-            if self._due and self._due[0][0] <= now(self._on_trio):
-                async with self._lock:
-                    await self._restart_due()
-            if self._give_up is not None:
-                return self._give_up
-            if self._stop_requested:
-                return None
-            message: ChildContext | None = None
-            try:
-                message = receive.receive_nowait()
-            except anyio.WouldBlock:
-                deadline = self._due[0][0] if self._due else math.inf
-                with anyio.move_on_at(deadline):
-                    message = await receive.receive()
-            if message is not None:
-                async with self._lock:
-                    await self._handle_exit(message)
-
-    async def _handle_exit(self, ctx: ChildContext) -> None:
-        child = self._by_name.get(ctx.name)
-        if child is None or child.ctx is not ctx:
-            return  # a previous incarnation, already replaced or stopped
-        child.ctx = None
-        child.state = _ChildState.EXITED
-        kind = ctx.exit_kind
-        error = ctx.error
-        uptime = ctx.uptime_seconds()
-        path = "/".join(ctx.path)
-        if error is not None:
-            child.last_error = error
-            log.error(
-                "child %s crashed after %.3f s: %s", path, uptime, describe(error), exc_info=error
+                log.error("child %s failed to start: %s", path, reason)
+        elif kind is ExitKind.SHUTDOWN:
+            if error is not None:
+                log_exception(
+                    log,
+                    logging.ERROR,
+                    error,
+                    "child %s raised while stopping: %s",
+                    path,
+                    describe(error),
+                )
+        elif error is not None:
+            log_exception(
+                log,
+                logging.ERROR,
+                error,
+                "child %s crashed after %.3f s: %s",
+                path,
+                action.uptime_seconds,
+                describe(error),
             )
-        restart = child.spec.restart
-        if restart is Restart.TEMPORARY or (
-            restart is Restart.TRANSIENT and kind is ExitKind.NORMAL
+        elif outcome is ExitOutcome.RESTART:
+            log.warning(
+                "child %s exited normally after %.3f s; restarting", path, action.uptime_seconds
+            )
+        if kind is not ExitKind.SHUTDOWN and outcome in (
+            ExitOutcome.REMOVED,
+            ExitOutcome.LEFT_EXITED,
         ):
-            log.info("child %s exited (%s); not restarted (%s)", path, kind, restart.value)
-            if restart is Restart.TEMPORARY:
-                self._remove(child)
-            return
-        if error is None:
-            log.warning("child %s exited normally after %.3f s; restarting", path, uptime)
-        await self._crashed(child, uptime, error)
+            spec = run.specs.get(action.name)
+            restart = "" if spec is None else f" ({spec.restart.value})"
+            log.info("child %s exited (%s); not restarted%s", path, kind.value, restart)
 
-    async def _crashed(self, child: _Child, uptime: float, error: BaseException | None) -> None:
-        current = now(self._on_trio)
-        if not self._window.allow_restart(current, uptime):
+    # -- reports from the children's tasks (synchronous, from Incarnation) ------------------
+
+    def _child_started(self, incarnation: Incarnation, up: bool) -> None:
+        run = self._run
+        if run is None or run.abandoned or run.live.get(incarnation.name) is not incarnation:
+            return
+        self._perform(
+            run,
+            run.core.child_started(incarnation.name, incarnation.number, now(run.on_trio), up=up),
+        )
+
+    def _child_up(self, incarnation: Incarnation) -> None:
+        run = self._run
+        if run is None or run.abandoned or run.live.get(incarnation.name) is not incarnation:
+            return
+        run.core.child_up(incarnation.name, incarnation.number, now(run.on_trio))
+
+    def _child_ended(self, incarnation: Incarnation, error: Exception | None, lost: bool) -> None:
+        run = self._run
+        if run is None or run.live.get(incarnation.name) is not incarnation:
+            return
+        del run.live[incarnation.name]
+        if run.abandoned:
+            return
+        if lost:
+            # The tree is being torn down around this child; nothing is decided any more.
+            return
+        current = now(run.on_trio)
+        if incarnation.started_at is None:
+            actions = run.core.start_failed(incarnation.name, incarnation.number, current, error)
+        else:
+            actions = run.core.child_exited(incarnation.name, incarnation.number, current, error)
+        self._perform(run, actions)
+
+    def _raise_outcome(self, outcome: Finished[Exception]) -> None:
+        if outcome.outcome is Outcome.GAVE_UP:
             give_up = RestartIntensityExceeded(self.name, self.max_restarts, self.period_seconds)
-            give_up.__cause__ = error
-            self._give_up = give_up
-            log.error(
-                "supervisor %s giving up after child %s: more than %d restart(s) within %g s",
-                "/".join(self._path),
-                child.spec.name,
-                self.max_restarts,
-                self.period_seconds,
-            )
-            return
-        affected = self._affected(child)
-        for sibling in reversed(affected):
-            if sibling is not child and sibling.ctx is not None:
-                await self._stop_one(sibling)
-        for sibling in affected:
-            if sibling is not child and sibling.spec.restart is Restart.TEMPORARY:
-                self._remove(sibling)
-        attempt = self.backoff.attempt_after(child.attempt, uptime)
-        delay = self.backoff.delay_seconds(attempt, self._rng.random())
-        child.attempt = attempt + 1
-        due = now(self._on_trio) + delay
-        for sibling in affected:
-            if self._by_name.get(sibling.spec.name) is sibling:
-                self._schedule(sibling, due)
-
-    def _schedule(self, child: _Child, due: float) -> None:
-        child.state = _ChildState.BACKOFF
-        child.restart_due = due
-        child.restart_token += 1
-        heapq.heappush(self._due, (due, child.order, child.restart_token, child))
-
-    def _affected(self, child: _Child) -> list[_Child]:
-        if self.strategy is Strategy.ONE_FOR_ONE:
-            return [child]
-        if self.strategy is Strategy.ONE_FOR_ALL:
-            return list(self._children)
-        index = self._children.index(child)
-        return self._children[index:]
-
-    async def _restart_due(self) -> None:
-        current = now(self._on_trio)
-        batch: list[_Child] = []
-        while self._due and self._due[0][0] <= current:
-            _, _, token, child = heapq.heappop(self._due)
-            live = child.restart_due is not None and token == child.restart_token
-            if live and self._by_name.get(child.spec.name) is child:
-                batch.append(child)
-        batch.sort(key=lambda c: c.order)
-        for index, child in enumerate(batch):
-            if self._stop_requested:
-                return
-            child.restart_due = None
-            child.restarts += 1
-            self._total_restarts += 1
-            if not await self._start_incarnation(child):
-                if self._stop_requested:
-                    return
-                for rest in batch[index + 1 :]:
-                    if rest.restart_due is not None:
-                        self._schedule(rest, rest.restart_due)
-                # A failed restart is a crash with no uptime.
-                await self._crashed(child, 0.0, child.last_error)
-                return
-
-    async def _stop_one(self, child: _Child) -> None:
-        ctx = child.ctx
-        assert ctx is not None
-        child.state = _ChildState.STOPPING
-        await ctx.stop(child.spec.shutdown_seconds)
-        if ctx.error is not None:
-            child.last_error = ctx.error
-            log.error(
-                "child %s raised while stopping: %s",
-                "/".join(ctx.path),
-                describe(ctx.error),
-                exc_info=ctx.error,
-            )
-        child.ctx = None
-        child.state = _ChildState.EXITED
-
-    async def _stop_all(self) -> None:
-        assert self._lock is not None
-        async with self._lock:
-            # One at a time, as OTP: the next (earlier-started) child is asked to stop only
-            # after the previous one has exited.
-            for child in reversed(self._children):
-                if child.ctx is not None:
-                    await self._stop_one(child)
-                elif child.state is _ChildState.BACKOFF:
-                    child.state = _ChildState.EXITED
-                child.restart_due = None
-            self._due.clear()
-
-    def _remove(self, child: _Child) -> None:
-        if self._by_name.get(child.spec.name) is child:
-            del self._by_name[child.spec.name]
-            self._children.remove(child)
-        child.restart_due = None
-
-    def _child_snapshot(self, child: _Child) -> dict[str, Any]:
-        ctx = child.ctx
-        running = ctx is not None and ctx.has_started and ctx.exit_kind is None
-        entry: dict[str, Any] = {
-            "name": child.spec.name,
-            "state": child.state.value,
-            "restart": child.spec.restart.value,
-            "restarts": child.restarts,
-            "uptime_seconds": ctx.uptime_seconds() if running and ctx is not None else None,
-            "last_error": None if child.last_error is None else describe(child.last_error),
-        }
-        if ctx is not None and ctx._info:
-            entry["info"] = dict(ctx._info)
-        subtree = None if ctx is None else ctx.subtree()
-        if subtree is not None:
-            entry["supervisor"] = subtree
-        return entry
+            raise give_up from outcome.error
+        if outcome.outcome is Outcome.STARTUP_FAILED:
+            assert outcome.child is not None
+            spec = next((s for s in self._initial if s.name == outcome.child), None)
+            reason = _failure_reason(outcome.failure or StartFailure.FAILED, outcome.error, spec)
+            raise StartupFailed(outcome.child, reason) from outcome.error
 
     def __repr__(self) -> str:
-        return f"<Supervisor {self.name!r} {self._state_word()} children={len(self._children)}>"
+        run = self._run
+        count = 0 if self._core is None else len(self._core.children())
+        state = "not running" if run is None else self._state_word()
+        return f"<Supervisor {self.name!r} {state} children={count}>"
+
+
+def _failure_reason(
+    failure: StartFailure, error: BaseException | None, spec: ChildSpec | None
+) -> str:
+    if failure is StartFailure.TIMED_OUT:
+        timeout = None if spec is None else spec.start_timeout_seconds
+        limit = "its start timeout" if timeout is None else f"{timeout:g} s"
+        return f"did not report ready within {limit}"
+    if failure is StartFailure.REMOVED:
+        return "stopped by stop_child() before it was ready"
+    if failure is StartFailure.STOPPING:
+        return "the supervisor stopped before it was ready"
+    return _NOT_STARTED if error is None else describe(error)
