@@ -177,6 +177,8 @@ class Exited(Generic[E]):
     uptime_seconds: float
     outcome: ExitOutcome
     failure: StartFailure | None = None
+    counted: bool = False
+    """The exit was a crash the restart window counted (not a shutdown, not absorbed)."""
 
 
 @attrs.frozen
@@ -669,12 +671,15 @@ class SupervisionCore(Generic[E]):
         return self._flush()
 
     def abandon(self) -> None:
-        """The run was torn down from outside (cancelled): every child is exited, and no
-        decision is made any more. Keeps snapshots truthful."""
-        for child in self._children:
+        """The run was torn down from outside (cancelled): every child is exited, children
+        that never started are dropped, and no decision is made any more. Keeps snapshots
+        truthful."""
+        for child in list(self._children):
             self._clear_incarnation(child)
             child.state = ChildState.EXITED
             child.restart_due = None
+            if not child.ever_started:
+                self._remove(child)
         self._timers.clear()
         self._ready.clear()
         self._ops.clear()
@@ -756,8 +761,12 @@ class SupervisionCore(Generic[E]):
         uptime: float,
         outcome: ExitOutcome,
         failure: StartFailure | None = None,
+        *,
+        counted: bool = False,
     ) -> None:
-        self._out.append(Exited(child.name, incarnation, kind, error, uptime, outcome, failure))
+        self._out.append(
+            Exited(child.name, incarnation, kind, error, uptime, outcome, failure, counted)
+        )
 
     # -- internals: exits ------------------------------------------------------------------
 
@@ -830,13 +839,18 @@ class SupervisionCore(Generic[E]):
         failure: StartFailure | None,
     ) -> None:
         """*child* needs a restart, and its strategy's group with it; the window decides."""
+        counted = self.window.counts(uptime)
         if not self.window.allow_restart(now, uptime):
-            self._report(child, incarnation, kind, error, uptime, ExitOutcome.GIVE_UP, failure)
+            self._report(
+                child, incarnation, kind, error, uptime, ExitOutcome.GIVE_UP, failure, counted=True
+            )
             child.state = ChildState.EXITED
             self._out.append(GiveUp(child.name, error))
             self._stop_all(now, Outcome.GAVE_UP, child.name, error, None)
             return
-        self._report(child, incarnation, kind, error, uptime, ExitOutcome.RESTART, failure)
+        self._report(
+            child, incarnation, kind, error, uptime, ExitOutcome.RESTART, failure, counted=counted
+        )
         child.state = ChildState.RESTARTING
         self._ops.append(_GroupRestart(child, uptime))
 

@@ -37,10 +37,20 @@ class PuppetStartFailure(Exception):
     """What a puppet raises, before reporting ready, when its start was armed to fail."""
 
 
+class StartFailure(Exception):
+    """What a puppet raises, before reporting ready, when its path was armed to fail."""
+
+
+class StopFailure(Exception):
+    """What a puppet raises while being stopped, when its path was armed to."""
+
+
 @dataclass(eq=False)
 class Incarnation:
     name: str
     serial: int
+    launch: int = 0
+    """How many incarnations of this name were launched, this one included."""
     started_at: float = math.nan
     """``trio.current_time()`` when it reported ready: the start its uptime counts from."""
     command: str | None = None
@@ -64,8 +74,16 @@ class Controller:
     """How many of a child's next starts fail before reporting ready."""
     serials: itertools.count[int] = field(default_factory=itertools.count)
     journal: list[tuple[str, str]] = field(default_factory=list)
-    """("start", name) when an incarnation reports ready, ("stop", name) when one ends
+    """("start", path) when an incarnation reports ready, ("stop", path) when one ends
     because its supervisor stopped it; crashes and exits are the test's own doing."""
+    launches: Counter[str] = field(default_factory=Counter)
+    gates: dict[str, trio.Event] = field(default_factory=dict)
+    """The next incarnation of a name waits for its gate before it reports ready."""
+    fail_paths: dict[tuple[str, ...], int] = field(default_factory=dict)
+    """How many of the next starts of a child (by supervision path) fail."""
+    raise_on_stop: dict[tuple[str, ...], str] = field(default_factory=dict)
+    """Children (by path) that raise StopFailure when next stopped: ``"bare"``, or
+    ``"grouped"`` (from a task of their own task group, with the stop's Cancelled)."""
 
 
 def start_failure_message(name: str) -> str:
@@ -76,29 +94,60 @@ async def puppet(
     name: str, controller: Controller, *, task_status: anyio.abc.TaskStatus[int]
 ) -> None:
     serial = next(controller.serials)
+    controller.launches[name] += 1
+    launch = controller.launches[name]
+    ctx = megatrio.current_child()
+    assert ctx is task_status
+    path = ctx.path
+    gate = controller.gates.pop(name, None)
+    if gate is not None:
+        await gate.wait()
     if controller.fail_starts.get(name, 0) > 0:
         controller.fail_starts[name] -= 1
         raise PuppetStartFailure(start_failure_message(name))
-    me = Incarnation(name, serial)
-    ctx = megatrio.current_child()
-    assert ctx is task_status
+    if controller.fail_paths.get(path, 0) > 0:
+        controller.fail_paths[path] -= 1
+        raise StartFailure(f"{name}@{launch}")
+    me = Incarnation(name, serial, launch)
     controller.running.add(serial)
+
+    def armed(kind: str) -> bool:
+        if ctx.stopping and controller.raise_on_stop.get(path) == kind:
+            del controller.raise_on_stop[path]
+            return True
+        return False
+
     try:
         task_status.started(serial)
         me.started_at = trio.current_time()
         controller.live[name] = me
-        controller.journal.append(("start", name))
-        async with trio.open_nursery() as nursery:
+        controller.journal.append(("start", "/".join(path)))
+        try:
+            async with trio.open_nursery() as nursery:
 
-            async def until(event_wait: Any) -> None:
-                await event_wait()
-                nursery.cancel_scope.cancel()
+                async def until(event_wait: Any) -> None:
+                    await event_wait()
+                    nursery.cancel_scope.cancel()
 
-            nursery.start_soon(until, me.commanded.wait)
-            nursery.start_soon(until, ctx.wait_stopping)
+                async def raise_grouped_when_stopped() -> None:
+                    try:
+                        await trio.sleep_forever()
+                    finally:
+                        if armed("grouped"):
+                            raise StopFailure(f"{name}@{launch}")
+
+                nursery.start_soon(until, me.commanded.wait)
+                nursery.start_soon(until, ctx.wait_stopping)
+                nursery.start_soon(raise_grouped_when_stopped)
+        except BaseException:
+            if armed("bare"):
+                raise StopFailure(f"{name}@{launch}") from None
+            raise
+        if armed("bare"):
+            raise StopFailure(f"{name}@{launch}")
     finally:
-        if ctx.stopping:
-            controller.journal.append(("stop", name))
+        if ctx.stopping and not math.isnan(me.started_at):
+            controller.journal.append(("stop", "/".join(path)))
         controller.running.discard(serial)
         if controller.live.get(name) is me:
             del controller.live[name]
@@ -171,6 +220,29 @@ class PuppetTree:
         future, _ = self.portal.start_task(sup.run, name="supervisor-run")
         self.settle()
         return future
+
+    def start_cancellable_run(self, sup: Supervisor) -> tuple[Future[None], trio.CancelScope]:
+        """Start ``sup.run()`` under a cancel scope the test can cancel from outside; the
+        future ends with run()'s error, or None (returned, or cancelled from outside). The
+        run may fail before it reports started (a failed initial start)."""
+        scope = trio.CancelScope()
+        ready = trio.Event()
+
+        async def run() -> None:
+            class Status:
+                def started(self, value: object = None) -> None:
+                    ready.set()
+
+            try:
+                with scope:
+                    await sup.run(task_status=Status())  # type: ignore[arg-type]
+            finally:
+                ready.set()
+
+        future = self.portal.start_task_soon(run, name="supervisor-run")
+        self.call(ready.wait)
+        self.settle()
+        return future, scope
 
     def command(self, name: str, command: str) -> Incarnation:
         """Tell the live incarnation of *name* to ``"crash"`` or ``"exit"``; then settle."""

@@ -135,6 +135,8 @@ async def test_an_error_raised_while_stopping_is_that_childs_shutdown_error(
     )
     [record] = supervisor_records(caplog, "raised while stopping")
     assert record.message == f"child sup/bad raised while stopping: {expected_error}"
+    assert record.exc_info is not None
+    assert type(record.exc_info[1]) is Boom  # unwrapped from its group
     assert record.exc_text is not None
     assert "Boom" in record.exc_text
 
@@ -190,10 +192,34 @@ async def test_an_error_raised_while_cancelled_from_outside_is_logged_not_raised
     assert scope.cancelled_caught
     [record] = supervisor_records(caplog, "raised while being cancelled")
     assert record.message == "child outer/bad raised while being cancelled: Boom: cleanup failed"
+    assert record.exc_info is not None
+    assert type(record.exc_info[1]) is Boom  # split from the Cancelled, unwrapped
     assert task_names("outer/") == []
     snapshot = sup.snapshot()
     assert snapshot["state"] == "stopped"
     assert [c["state"] for c in snapshot["children"]] == ["exited"]
+
+
+async def test_a_child_returning_while_its_tree_is_cancelled_is_not_restarted() -> None:
+    starts = 0
+    go = trio.Event()
+
+    async def cancels_the_tree(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+        nonlocal starts
+        starts += 1
+        task_status.started()
+        await go.wait()
+        # Returns in the same step as the cancellation: before the supervisor's own task has
+        # heard of it, as a child that swallows Cancelled would.
+        outer.cancel()
+
+    sup = Supervisor([ChildSpec("c", cancels_the_tree)], backoff=NO_BACKOFF)
+    with trio.CancelScope() as outer:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(sup.run)
+            go.set()
+    assert starts == 1
+    assert sup.snapshot()["children"][0]["restarts"] == 0
 
 
 async def test_a_sibling_raising_while_a_group_restart_stops_it_does_not_count(
