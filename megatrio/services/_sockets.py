@@ -52,6 +52,12 @@ def _listener(bind: str, backlog: int) -> socket.socket:
     return sock
 
 
+def socket_url(sock: socket.socket) -> str:
+    """``http://HOST:PORT`` of a listening socket."""
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 @contextlib.contextmanager
 def closing_all(sockets: Sequence[socket.socket]) -> Iterator[Sequence[socket.socket]]:
     """Close every socket on exit, whatever happens inside."""
