@@ -1,10 +1,11 @@
-"""The public listener over real sockets: lifespan, stopping, cancellation.
+"""The public listener over real sockets: error pages, lifespan, stopping, cancellation.
 
 Each test serves an App in-process with ``serve_app`` and talks raw HTTP/1.1 to it.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -29,10 +30,85 @@ def anyio_backend() -> str:
     return "trio"  # real sockets need the real clock
 
 
+JSON = "Accept: application/json"
+
+
 def config(**options: object) -> Config:
     values: dict[str, object] = {"bind": ("127.0.0.1:0",), "admin_bind": "", "grace_seconds": 5}
     values.update(options)
     return Config(**values)  # type: ignore[arg-type]
+
+
+def error_app() -> App:
+    app = App("pages")
+
+    @app.get("/boom")
+    async def boom() -> str:
+        raise RuntimeError("db password=hunter2 at 10.1.2.3")
+
+    @app.post("/only-post")
+    async def only_post() -> str:
+        return "posted"
+
+    return app
+
+
+# -- error pages ------------------------------------------------------------------------------
+
+
+async def test_404_405_and_500_are_json_when_accept_prefers_it() -> None:
+    app = error_app()
+    async with trio.open_nursery() as nursery:
+        [url] = (await start(nursery, app, config())).http
+        status, headers, body = split_response(await exchange(url, get("/nope", JSON)))
+        assert (status, headers["content-type"]) == (404, "application/json")
+        assert json.loads(body)["status"] == 404
+        assert json.loads(body)["error"] == "Not Found"
+        status, headers, body = split_response(await exchange(url, get("/only-post", JSON)))
+        assert (status, headers["content-type"]) == (405, "application/json")
+        assert set(headers["allow"].replace(" ", "").split(",")) == {"OPTIONS", "POST"}
+        status, headers, body = split_response(await exchange(url, get("/boom", JSON)))
+        assert (status, headers["content-type"]) == (500, "application/json")
+        assert json.loads(body) == {
+            "status": 500,
+            "error": "Internal Server Error",
+            "message": "The server could not complete the request.",
+        }
+        app.rt.stop()
+
+
+async def test_error_pages_are_html_otherwise_and_a_500_never_shows_the_exception(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    app = error_app()
+    async with trio.open_nursery() as nursery:
+        [url] = (await start(nursery, app, config())).http
+        for accept in ("", "Accept: */*", "Accept: text/html,application/json;q=0.9"):
+            lines = (accept,) if accept else ()
+            status, headers, body = split_response(await exchange(url, get("/boom", *lines)))
+            assert (status, headers["content-type"]) == (500, "text/html; charset=utf-8")
+            assert b"<h1>Internal Server Error</h1>" in body
+            assert b"hunter2" not in body
+            assert b"RuntimeError" not in body
+        status, headers, body = split_response(await exchange(url, get("/nope")))
+        assert (status, headers["content-type"]) == (404, "text/html; charset=utf-8")
+        assert b"<title>404 Not Found</title>" in body
+        app.rt.stop()
+    # The exception went to the log (the logging pipeline redacts it), not to the client.
+    assert any("hunter2" in (r.exc_text or "") or r.exc_info for r in caplog.records)
+
+
+async def test_an_apps_own_error_handler_replaces_megatrios() -> None:
+    app = error_app()
+
+    @app.http.errorhandler(404)
+    async def mine(error: Exception) -> tuple[str, int]:
+        return "custom", 404
+
+    async with trio.open_nursery() as nursery:
+        [url] = (await start(nursery, app, config())).http
+        assert split_response(await exchange(url, get("/nope", JSON)))[2] == b"custom"
+        app.rt.stop()
 
 
 # -- lifespan ------------------------------------------------------------
