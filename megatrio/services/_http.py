@@ -36,8 +36,10 @@ import errno
 import json
 import logging
 import socket
+import ssl
 from collections.abc import Callable, Sequence
 
+import attrs
 import trio
 
 from .._policy._throttle import TokenBucket
@@ -48,7 +50,9 @@ from ._asgi import Message as Message
 from ._asgi import Receive as Receive
 from ._asgi import Scope as Scope
 from ._asgi import Send as Send
+from ._error_pages import accept_of, prefers_json, render_error
 from ._hypercorn import HypercornServer, OrderedSendStream, make_config
+from ._proxy_headers import TrustedPeers, proxy_headers
 from ._sockets import bind_listeners, closing_all, socket_url
 
 log = logging.getLogger("megatrio.http")
@@ -142,33 +146,91 @@ async def _call_shielding_the_end(app: ASGIApp, scope: Scope, receive: Receive, 
     await app(scope, receive, send_shielding_the_end)
 
 
+@attrs.frozen(kw_only=True)
+class HttpOptions:
+    """How :func:`serve_http` serves; the defaults are hypercorn's (and uvicorn's)."""
+
+    keep_alive_timeout_seconds: float = 5.0
+    """An idle keep-alive connection (or one that never sends a request) closes after this."""
+    max_concurrent_connections: int = 0
+    """0: no limit. Otherwise connections past this many are answered 503 (``Retry-After:
+    1``, ``Connection: close``); past twice this many they are closed unanswered."""
+    root_path: str = ""
+    """The path prefix the app is mounted under behind a proxy (ASGI ``root_path``); the
+    proxy may forward the prefix or strip it."""
+    forwarded_allow_ips: tuple[str, ...] = ()
+    """Peers whose ``X-Forwarded-For``/``-Proto`` are applied (see :mod:`._proxy_headers`);
+    empty: proxy headers are ignored."""
+    certfile: str = ""
+    """PEM certificate chain; with :attr:`keyfile`, connections are TLS (HTTP/2 by ALPN)."""
+    keyfile: str = ""
+
+
 async def serve_http(
     app: ASGIApp,
     binds: Sequence[str],
     label: str,
     graceful_seconds: float,
     *,
+    options: HttpOptions | None = None,
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
-    """Serve *app* on *binds* (``HOST:PORT`` or ``fd://N``) until this child is asked to stop
-    (or cancelled).
+    """Serve *app* on *binds* (``HOST:PORT``, ``unix:PATH`` or ``fd://N``) until this child is
+    asked to stop (or cancelled).
 
     Runs the app's ASGI lifespan startup first, then reports started — with the bound URLs
-    (real ports when port 0 was asked) — once the sockets listen. A connection's failure is
-    contained to it (see the module docstring). On the stop request it stops accepting and
-    lets in-flight requests finish within *graceful_seconds*, then closes what is left and
-    runs the lifespan shutdown; the child's own deadline bounds all of it. Cancelled from
-    outside, it closes every connection at once (including a send hypercorn shields from
-    cancellation) and lets the cancellation propagate, without the lifespan shutdown.
+    (real ports when port 0 was asked; ``unix:PATH`` for Unix sockets) — once the sockets
+    listen. A connection's failure is contained to it (see the module docstring). On the stop
+    request it stops accepting and lets in-flight requests finish within *graceful_seconds*,
+    then closes what is left and runs the lifespan shutdown; the child's own deadline bounds
+    all of it. Cancelled from outside, it closes every connection at once (including a send
+    hypercorn shields from cancellation) and lets the cancellation propagate, without the
+    lifespan shutdown.
 
-    Raises (before reporting started): OSError when a bind fails; ValueError for a malformed
-    bind; RuntimeError when this hypercorn lacks an internal megatrio needs; hypercorn's
-    ``LifespanFailureError`` when the app's startup fails.
+    Raises (before reporting started): OSError when a bind fails; OSError or ``ssl.SSLError``
+    when the certificate or key cannot be loaded; ValueError for a malformed bind or
+    ``forwarded_allow_ips`` entry; RuntimeError when this hypercorn lacks an internal megatrio
+    needs; hypercorn's ``LifespanFailureError`` when the app's startup fails.
     """
-    config = make_config(graceful_seconds=graceful_seconds)
-    server = _Server(HypercornServer(app, config), label, graceful_seconds)
+    options = HttpOptions() if options is None else options
+    if options.root_path:
+        app = _under_root_path(app, options.root_path.rstrip("/"))
+    if options.forwarded_allow_ips:
+        app = proxy_headers(app, TrustedPeers(options.forwarded_allow_ips))
+    config = make_config(
+        graceful_seconds=graceful_seconds,
+        keep_alive_timeout_seconds=options.keep_alive_timeout_seconds,
+        root_path=options.root_path,
+        certfile=options.certfile,
+        keyfile=options.keyfile,
+    )
+    ssl_context = config.create_ssl_context()
+    server = _Server(HypercornServer(app, config), label, graceful_seconds, options, ssl_context)
     with closing_all(bind_listeners(binds, backlog=config.backlog)) as sockets:
         await server.run(sockets, task_status)
+
+
+def _under_root_path(app: ASGIApp, root_path: str) -> ASGIApp:
+    """Wrap *app* so that a request path always includes *root_path*, as ASGI requires.
+
+    A proxy either forwards ``/api/users`` unchanged (hypercorn's convention) or strips the
+    prefix to ``/users`` (uvicorn's, which then prepends ``root_path``); both reach the app as
+    ``/api/users`` with ``root_path`` ``/api``, so the app routes ``/users`` and builds URLs
+    under ``/api`` either way.
+    """
+    prefix = root_path.encode()
+
+    async def mounted(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            path = scope["path"]
+            under = path == root_path or path.startswith(root_path + "/")
+            if path.startswith("/") and not under:
+                scope = dict(scope)
+                scope["path"] = root_path + path
+                scope["raw_path"] = prefix + scope.get("raw_path", path.encode())
+        await app(scope, receive, send)
+
+    return mounted
 
 
 class _Server:
@@ -179,24 +241,34 @@ class _Server:
         hypercorn: HypercornServer,
         label: str,
         graceful_seconds: float,
+        options: HttpOptions,
+        ssl_context: ssl.SSLContext | None,
     ) -> None:
         self._hypercorn = hypercorn
         self._label = label
         self._graceful_seconds = graceful_seconds
+        self._limit = options.max_concurrent_connections
+        self._ssl_context = ssl_context
         self._ctx: ChildContext | None = current_child()
+        self._unavailable = hypercorn.wrap(_unavailable)
         self._tracebacks = TokenBucket.per_period(_TRACEBACKS_PER_MINUTE, 60.0)
         # Invariant: every accepted connection's transport is in _live from accept until its
-        # task has closed it.
+        # task has closed it; _serving + _rejecting == len(_live).
         self._live: set[OrderedSendStream] = set()
+        self._serving = 0
+        self._rejecting = 0
         self._stopping = False
         self._drained = trio.Event()
         self.connection_errors = 0
+        self.connections_rejected = 0
+        self.connections_dropped = 0
 
     async def run(
         self, sockets: Sequence[socket.socket], task_status: trio.TaskStatus[list[str]]
     ) -> None:
         listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(s)) for s in sockets]
-        urls = [socket_url(s) for s in sockets]
+        tls = self._ssl_context is not None
+        urls = [socket_url(s, tls=tls) for s in sockets]
         self._annotate()
         async with self._hypercorn.open_lifespan(), trio.open_nursery() as connections:
             connections.start_soon(self._close_stragglers)
@@ -252,15 +324,35 @@ class _Server:
 
     def _admit(self, stream: trio.SocketStream, connections: trio.Nursery) -> None:
         transport = OrderedSendStream(stream)
+        app: object | None = None
+        rejected = False
+        if self._limit and self._serving >= self._limit:
+            if self._rejecting >= self._limit:
+                self.connections_dropped += 1
+                transport.close_now()
+                self._annotate()
+                return
+            app, rejected = self._unavailable, True
+            self._rejecting += 1
+            self.connections_rejected += 1
+        else:
+            self._serving += 1
         self._live.add(transport)
         self._annotate()
-        connections.start_soon(self._serve_connection, transport)
+        connections.start_soon(self._serve_connection, transport, app, rejected)
 
-    async def _serve_connection(self, transport: OrderedSendStream) -> None:
+    async def _serve_connection(
+        self, transport: OrderedSendStream, app: object | None, rejected: bool
+    ) -> None:
         """Serve one connection; contain its failure (see the module docstring)."""
         peer = _peer_of(transport.socket)
+        stream: trio.abc.Stream = transport
+        if self._ssl_context is not None:
+            stream = trio.SSLStream(
+                transport, self._ssl_context, server_side=True, https_compatible=True
+            )
         try:
-            await self._hypercorn.serve(transport)
+            await self._hypercorn.serve(stream, app)
         except BaseException as exc:
             error, propagate = split_exit(exc)
             del exc
@@ -271,6 +363,10 @@ class _Server:
         finally:
             transport.close_now()
             self._live.discard(transport)
+            if rejected:
+                self._rejecting -= 1
+            else:
+                self._serving -= 1
             self._annotate()
             if self._stopping and not self._live:
                 self._drained.set()
@@ -300,7 +396,10 @@ class _Server:
     def _annotate(self) -> None:
         if self._ctx is not None:
             self._ctx.annotate(
-                connections=len(self._live), connection_errors=self.connection_errors
+                connections=len(self._live),
+                connection_errors=self.connection_errors,
+                connections_rejected=self.connections_rejected,
+                connections_dropped=self.connections_dropped,
             )
 
 
@@ -312,3 +411,28 @@ def _peer_of(sock: trio.socket.SocketType) -> str:
     except OSError:
         return "an unknown peer"  # already reset by the peer
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def _unavailable(scope: Scope, receive: Receive, send: Send) -> None:
+    """The ASGI app of connections past the limit: 503, then the connection closes."""
+    if scope["type"] == "http":
+        body, content_type = render_error(
+            503,
+            "Too many connections; retry later.",
+            as_json=prefers_json(accept_of(scope["headers"])),
+        )
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [
+                    (b"content-type", content_type.encode()),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"retry-after", b"1"),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+    elif scope["type"] == "websocket":
+        await send({"type": "websocket.close", "code": 1013})  # "try again later"

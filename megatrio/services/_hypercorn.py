@@ -32,6 +32,7 @@ ASGIApp = Callable[..., Awaitable[None]]
 REQUIRED: Final = (
     "hypercorn.app_wrappers:ASGIWrapper",
     "hypercorn.config:Config",
+    "hypercorn.config:Config.create_ssl_context",
     "hypercorn.trio.lifespan:Lifespan",
     "hypercorn.trio.lifespan:Lifespan.handle_lifespan",
     "hypercorn.trio.lifespan:Lifespan.wait_for_startup",
@@ -47,7 +48,17 @@ REQUIRED: Final = (
 )
 """``module:attribute.path`` of every hypercorn name used here."""
 
-CONFIG_ATTRIBUTES: Final = ("accesslog", "backlog", "errorlog", "graceful_timeout")
+CONFIG_ATTRIBUTES: Final = (
+    "accesslog",
+    "backlog",
+    "certfile",
+    "errorlog",
+    "graceful_timeout",
+    "keep_alive_timeout",
+    "keyfile",
+    "root_path",
+    "ssl_enabled",
+)
 """Attributes of ``hypercorn.config.Config`` that :func:`make_config` sets or reads."""
 
 CONTEXT_ATTRIBUTES: Final = ("terminated",)
@@ -100,13 +111,25 @@ def check_internals() -> None:
         )
 
 
-def make_config(*, graceful_seconds: float) -> Config:
+def make_config(
+    *,
+    graceful_seconds: float,
+    keep_alive_timeout_seconds: float,
+    root_path: str,
+    certfile: str,
+    keyfile: str,
+) -> Config:
     """A hypercorn ``Config`` for one listener child; logs go to the ``hypercorn.error`` logger
     (through megatrio's logging pipeline), there is no access log."""
     config = Config()
     config.graceful_timeout = graceful_seconds
+    config.keep_alive_timeout = keep_alive_timeout_seconds
+    config.root_path = root_path
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
+    if certfile:
+        config.certfile = certfile
+        config.keyfile = keyfile
     return config
 
 

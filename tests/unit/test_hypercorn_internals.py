@@ -23,7 +23,13 @@ def test_a_missing_internal_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     ):
         _hypercorn.HypercornServer(
             lambda *a: None,
-            _hypercorn.make_config(graceful_seconds=1),
+            _hypercorn.make_config(
+                graceful_seconds=1,
+                keep_alive_timeout_seconds=1,
+                root_path="",
+                certfile="",
+                keyfile="",
+            ),
         )
 
 
