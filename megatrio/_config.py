@@ -168,6 +168,42 @@ def _optional_address(value: Any, from_text: bool) -> str:
     return value
 
 
+def _root_path(value: Any, from_text: bool) -> str:
+    if not isinstance(value, str) or (value and not value.startswith("/")):
+        raise ValueError(f"expected a path starting with '/' (or an empty string), got {value!r}")
+    if any(c in value for c in "?#") or any(ord(c) < 0x21 for c in value):
+        raise ValueError(f"expected a URL path without spaces, '?' or '#', got {value!r}")
+    return value.rstrip("/")
+
+
+def _trusted_peers(value: Any, from_text: bool) -> tuple[str, ...]:
+    peers = _strings(value, from_text)
+    for peer in peers:
+        if peer in ("*", "unix"):
+            continue
+        try:
+            ipaddress.ip_network(peer, strict=False)
+        except ValueError:
+            raise ValueError(
+                f"expected IP addresses or networks (10.0.0.0/8), '*' or 'unix', got {peer!r}"
+            ) from None
+    return peers
+
+
+UNIX_PATH_MAX: Final = 107
+"""Bytes in a Unix socket path on Linux (``sun_path`` is 108, with the terminating NUL)."""
+
+
+def _socket_path(value: Any, from_text: bool) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a socket file path (or an empty string), got {value!r}")
+    if "\0" in value:
+        raise ValueError("expected a socket file path without NUL characters")
+    if len(os.fsencode(value)) > UNIX_PATH_MAX:
+        raise ValueError(f"expected a socket path of at most {UNIX_PATH_MAX} bytes, got {value!r}")
+    return value
+
+
 def _meta(parse: Callable[[Any, bool], Any], doc: str) -> dict[str, Any]:
     return {"parse": parse, "doc": doc}
 
@@ -266,6 +302,25 @@ class Config:
     grace_seconds: float = attrs.field(
         default=30.0, metadata=_meta(_seconds, "bound on a graceful stop")
     )
+    uds: str = attrs.field(
+        default="", metadata=_meta(_socket_path, "also listen on this Unix socket path")
+    )
+    keep_alive_timeout_seconds: float = attrs.field(
+        default=5.0, metadata=_meta(_positive_seconds, "idle keep-alive connections close")
+    )
+    max_concurrent_connections: int = attrs.field(
+        default=0, metadata=_meta(_count(0), "past this many: 503 (0: no limit)")
+    )
+    root_path: str = attrs.field(
+        default="", metadata=_meta(_root_path, "path prefix the app is mounted under")
+    )
+    forwarded_allow_ips: tuple[str, ...] = attrs.field(
+        default=(), metadata=_meta(_trusted_peers, "proxies trusted for X-Forwarded-*")
+    )
+    certfile: str = attrs.field(
+        default="", metadata=_meta(_path, "TLS certificate chain (PEM), with keyfile")
+    )
+    keyfile: str = attrs.field(default="", metadata=_meta(_path, "TLS private key (PEM)"))
     max_restarts: int = attrs.field(
         default=3, metadata=_meta(_count(0), "root supervisor intensity: restarts ...")
     )
@@ -335,6 +390,13 @@ class Config:
                     raise ConfigError(f"cache.{alias}: driver 'redis' needs redis_url")
             if self.nonce_driver is NonceDriverKind.REDIS:
                 raise ConfigError("nonce_driver 'redis' needs redis_url")
+        if bool(self.certfile) != bool(self.keyfile):
+            raise ConfigError("certfile and keyfile go together")
+        if self.uds and self.workers > 1:
+            raise ConfigError(
+                "uds serves one process: with workers > 1 the primary binds the listeners, "
+                "and it binds only bind addresses"
+            )
         if bool(self.alerts_telegram_bot_token) != bool(self.alerts_telegram_chat_id):
             raise ConfigError("alerts_telegram_bot_token and alerts_telegram_chat_id go together")
         if self.alerts_telegram_bot_token and self.alerts_webhook_url:

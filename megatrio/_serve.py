@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -15,7 +16,7 @@ from ._runtime import Runtime, mega_runtime
 from ._stores import open_stores
 from .app import App
 from .services._admin import admin_app
-from .services._http import health_front, serve_http
+from .services._http import HttpOptions, health_front, serve_http
 from .services._redact import Redactor
 from .supervisor import ChildSpec
 
@@ -98,11 +99,12 @@ async def serve_app(
         await app.on_start(rt)
         rt.push_async_callback(app.on_stop, rt)
         front = health_front(app.asgi(), readiness)
+        binds = (*config.bind, f"unix:{config.uds}") if config.uds else config.bind
         http_urls = await rt.start_child(
             ChildSpec(
                 "http",
-                serve_http,
-                (front, config.bind, "http", config.grace_seconds),
+                functools.partial(serve_http, options=http_options(config)),
+                (front, binds, "http", config.grace_seconds),
                 shutdown_seconds=config.grace_seconds,
             )
         )
@@ -123,6 +125,18 @@ async def serve_app(
         assert isinstance(admin_urls, list)
         task_status.started(Serving(tuple(http_urls), tuple(admin_urls)))
         await anyio.sleep_forever()
+
+
+def http_options(config: Config) -> HttpOptions:
+    """The public listener's serving options from *config*."""
+    return HttpOptions(
+        keep_alive_timeout_seconds=config.keep_alive_timeout_seconds,
+        max_concurrent_connections=config.max_concurrent_connections,
+        root_path=config.root_path,
+        forwarded_allow_ips=config.forwarded_allow_ips,
+        certfile=config.certfile,
+        keyfile=config.keyfile,
+    )
 
 
 async def _detach(app: App) -> None:

@@ -33,6 +33,7 @@ from quart_trio import QuartTrio
 from ._runtime import Runtime
 from ._timers import every
 from .services._cache import Cache
+from .services._error_pages import register_error_pages
 from .supervisor import ChildSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -49,6 +50,11 @@ class App:
     overridden :meth:`children`) start, in order, after the HTTP server is listening, and stop
     — in reverse order — before it drains. ``/healthz``, ``/readyz`` and the admin listener's
     ``/_megatrio/tree`` are provided by the server.
+
+    404, 405 and 500 are answered as JSON (``{"status", "error", "message"}``) to requests
+    whose ``Accept`` prefers ``application/json``, as a small HTML page otherwise; a 500 never
+    shows the exception (Quart logs it, redacted). An error handler the app registers for
+    one of those statuses (``@app.http.errorhandler(404)``) replaces megatrio's.
     """
 
     name: str = ""
@@ -61,6 +67,7 @@ class App:
             raise ValueError(f"app name must be a non-empty string without '/': {resolved!r}")
         self.name = resolved
         self.http = QuartTrio(resolved)
+        register_error_pages(self.http)
         self._children: list[ChildSpec] = []
         self._rt: Runtime | None = None
         self.setup()

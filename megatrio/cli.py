@@ -87,6 +87,25 @@ def _parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--admin-bind", metavar="HOST:PORT", help="admin listener ('' disables)")
         p.add_argument("--grace-seconds", metavar="SECONDS", help="bound on a graceful stop")
+        p.add_argument("--uds", metavar="PATH", help="also listen on a Unix domain socket")
+        p.add_argument(
+            "--keep-alive-timeout-seconds",
+            metavar="SECONDS",
+            help="close idle keep-alive connections after this (default 5)",
+        )
+        p.add_argument(
+            "--max-concurrent-connections",
+            metavar="N",
+            help="answer 503 past this many connections (default 0: no limit)",
+        )
+        p.add_argument("--root-path", metavar="PATH", help="path prefix the app is mounted under")
+        p.add_argument(
+            "--forwarded-allow-ips",
+            metavar="IPS",
+            help="comma-separated proxies (IPs, networks, '*', 'unix') trusted for X-Forwarded-*",
+        )
+        p.add_argument("--certfile", metavar="FILE", help="TLS certificate chain (PEM)")
+        p.add_argument("--keyfile", metavar="FILE", help="TLS private key (PEM)")
         p.add_argument("--workers", metavar="N", help="worker processes under a primary")
         p.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning, error")
         p.add_argument("--log-format", metavar="FORMAT", help="auto, json or console")
@@ -113,6 +132,13 @@ def _config_from(args: argparse.Namespace) -> Config:
         "bind": ",".join(args.bind) if args.bind else None,
         "admin_bind": args.admin_bind,
         "grace_seconds": args.grace_seconds,
+        "uds": args.uds,
+        "keep_alive_timeout_seconds": args.keep_alive_timeout_seconds,
+        "max_concurrent_connections": args.max_concurrent_connections,
+        "root_path": args.root_path,
+        "forwarded_allow_ips": args.forwarded_allow_ips,
+        "certfile": args.certfile,
+        "keyfile": args.keyfile,
         "workers": getattr(args, "workers", None),
         "log_level": args.log_level,
         "log_format": args.log_format,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,109 @@ def test_missing_config_file_and_bad_pyproject(tmp_path: Path) -> None:
 def test_direct_construction_is_validated_too() -> None:
     with pytest.raises(ConfigError, match="Config: key 'grace_seconds'"):
         Config(grace_seconds=-2)
+
+
+def test_serving_options_from_file_environment_and_flags(tmp_path: Path) -> None:
+    (tmp_path / "megatrio.toml").write_text(
+        'keep_alive_timeout_seconds = 2.5\nroot_path = "/api/"\ncertfile = "c.pem"\n'
+        'keyfile = "k.pem"\nforwarded_allow_ips = ["10.0.0.0/8", "unix"]\n'
+    )
+    config = load_config(
+        directory=tmp_path,
+        environ={"MEGATRIO_MAX_CONCURRENT_CONNECTIONS": "100", "MEGATRIO_UDS": "/run/a.sock"},
+        overrides={"forwarded_allow_ips": "127.0.0.1, ::1"},
+    )
+    assert config.keep_alive_timeout_seconds == 2.5
+    assert config.root_path == "/api"  # a trailing slash is dropped, as hypercorn does
+    assert (config.certfile, config.keyfile) == ("c.pem", "k.pem")
+    assert config.max_concurrent_connections == 100
+    assert config.uds == "/run/a.sock"
+    assert config.forwarded_allow_ips == ("127.0.0.1", "::1")
+    assert Config().max_concurrent_connections == 0
+    assert Config().keep_alive_timeout_seconds == 5.0
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "keep_alive_timeout_seconds = 0\n",
+            "key 'keep_alive_timeout_seconds': expected a finite number of seconds > 0, got 0",
+        ),
+        (
+            "max_concurrent_connections = -1\n",
+            "key 'max_concurrent_connections': expected an integer >= 0, got -1",
+        ),
+        (
+            'root_path = "api"\n',
+            "key 'root_path': expected a path starting with '/' (or an empty string), got 'api'",
+        ),
+        ('root_path = "/a b"\n', "key 'root_path': expected a URL path without spaces"),
+        (
+            'forwarded_allow_ips = ["10.0.0.300"]\n',
+            "key 'forwarded_allow_ips': expected IP addresses or networks (10.0.0.0/8), '*' "
+            "or 'unix', got '10.0.0.300'",
+        ),
+        ("forwarded_allow_ips = 3\n", "key 'forwarded_allow_ips': expected a list of strings"),
+        ("certfile = 3\n", "key 'certfile': expected a path string, got 3"),
+        (f'uds = "/{"x" * 200}"\n', "key 'uds': expected a socket path of at most 107 bytes"),
+        ('certfile = "c.pem"\n', "certfile and keyfile go together"),
+        ('uds = "/tmp/a.sock"\nworkers = 2\n', "uds serves one process"),
+    ],
+)
+def test_bad_serving_options_name_file_key_and_expectation(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "megatrio.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path=path, environ={})
+    assert str(info.value).startswith(str(path))
+    assert message in str(info.value)
+
+
+def test_bad_serving_option_flags_and_variables_name_their_source(tmp_path: Path) -> None:
+    with pytest.raises(
+        ConfigError,
+        match="command-line option --max-concurrent-connections: key 'max_concurrent_connections'",
+    ):
+        load_config(directory=tmp_path, environ={}, overrides={"max_concurrent_connections": "x"})
+    with pytest.raises(ConfigError, match="environment variable MEGATRIO_FORWARDED_ALLOW_IPS: key"):
+        load_config(directory=tmp_path, environ={"MEGATRIO_FORWARDED_ALLOW_IPS": "proxy.local"})
+
+
+def test_run_flags_reach_the_serving_options(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from megatrio import cli
+
+    monkeypatch.chdir(tmp_path)
+    for name in [n for n in os.environ if n.startswith("MEGATRIO_")]:
+        monkeypatch.delenv(name)
+    args = cli._parser().parse_args(
+        [
+            "run",
+            "app:app",
+            "--uds",
+            str(tmp_path / "s.sock"),
+            "--keep-alive-timeout-seconds",
+            "1.5",
+            "--max-concurrent-connections",
+            "8",
+            "--root-path",
+            "/v1",
+            "--forwarded-allow-ips",
+            "10.1.0.0/16,unix",
+            "--certfile",
+            "cert.pem",
+            "--keyfile",
+            "key.pem",
+        ]
+    )
+    config = cli._config_from(args)
+    assert config.uds == str(tmp_path / "s.sock")
+    assert config.keep_alive_timeout_seconds == 1.5
+    assert config.max_concurrent_connections == 8
+    assert config.root_path == "/v1"
+    assert config.forwarded_allow_ips == ("10.1.0.0/16", "unix")
+    assert (config.certfile, config.keyfile) == ("cert.pem", "key.pem")
