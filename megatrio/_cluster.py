@@ -225,16 +225,15 @@ class Cluster:
             ctx.started(proc.pid, up=False)
             if self.stopping:
                 self._terminate(index, proc)
-            booted = await self._wait(index, proc, status_r, ctx)
-            status_r = -1
+            # _wait's FdStream owns the status pipe from here, on every path.
+            status_fd, status_r = status_r, -1
+            booted = await self._wait(index, proc, status_fd, ctx)
             if proc.returncode is not None and not ctx.stopping:
                 await self._exited_unasked(index, proc, booted, ctx)
                 return
             await self._stop(index, proc)
         finally:
-            for fd in (status_r, status_w, parent_r, parent_w):
-                if fd >= 0:
-                    os.close(fd)
+            # The process first: nothing below may keep a worker alive after its child ends.
             if proc is not None:
                 if self._procs.get(index) is proc:
                     del self._procs[index]
@@ -243,6 +242,9 @@ class Cluster:
                     self.killed += 1
                     with trio.move_on_after(KILL_SECONDS, shield=True):
                         await proc.wait()
+            for fd in (status_r, status_w, parent_r, parent_w):
+                if fd >= 0:
+                    os.close(fd)
 
     async def _wait(
         self, index: int, proc: trio.Process, status_fd: int, ctx: ChildContext
