@@ -18,6 +18,7 @@ import structlog
 
 from .._config import LogFormat
 from ..nursery._child import current_child
+from ..nursery._errors import format_exception
 from ._redact import Redactor
 
 _HANDLER_NAME = "megatrio"
@@ -65,6 +66,7 @@ def build_formatter(
     return structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[
             structlog.stdlib.ExtraAdder(),
+            _keep_formatted_traceback,
             *_shared_processors(),
             *_static(static_fields),
         ],
@@ -72,11 +74,52 @@ def build_formatter(
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             # Tracebacks become text before redaction, so secrets in exception messages and
             # in frames' reprs are scrubbed like everything else.
-            structlog.processors.format_exc_info,
+            _format_exc_info,
             _RedactProcessor(redactor),
             renderer,
         ],
     )
+
+
+_FORMATTED = "_megatrio_exc_text"
+
+
+def _keep_formatted_traceback(
+    logger: object, method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    # A record logged with megatrio's log_exception carries its traceback formatted once
+    # (record.exc_text); ProcessorFormatter clears that field before its processors run.
+    record = event_dict.get("_record")
+    text = getattr(record, "exc_text", None)
+    if text:
+        event_dict[_FORMATTED] = text
+    return event_dict
+
+
+def _format_exc_info(
+    logger: object, method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """``exc_info`` → ``exception`` (text): the traceback formatted at the call if it was,
+    else by :func:`~megatrio.nursery._errors.format_exception` (capped, no column markers)."""
+    text = event_dict.pop(_FORMATTED, None)
+    exc_info = event_dict.pop("exc_info", None)
+    if text is None and exc_info:
+        error = _exception_of(exc_info)
+        if error is not None:
+            text = format_exception(error)
+    if text:
+        event_dict["exception"] = text
+    return event_dict
+
+
+def _exception_of(exc_info: Any) -> BaseException | None:
+    if isinstance(exc_info, BaseException):
+        return exc_info
+    if isinstance(exc_info, tuple):
+        return exc_info[1] if len(exc_info) > 1 else None
+    if exc_info is True:
+        return sys.exc_info()[1]
+    return None
 
 
 def _static(fields: Mapping[str, object] | None) -> list[Any]:

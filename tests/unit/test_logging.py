@@ -85,3 +85,31 @@ def test_tracebacks_are_redacted_in_both_formats() -> None:
         text = stream.getvalue()
         assert "RuntimeError: login failed: password=[REDACTED] session=[REDACTED]" in text
         assert "hunter2" not in text
+
+
+@pytest.mark.usefixtures("restore_root")
+async def test_a_crash_report_carries_its_traceback_once_redacted() -> None:
+    stream = io.StringIO()
+    configure_logging(fmt=LogFormat.JSON, stream=stream)
+    crashed = False
+
+    async def child(*, task_status: trio.TaskStatus[None]) -> None:
+        nonlocal crashed
+        task_status.started()
+        if not crashed:
+            crashed = True
+            raise RuntimeError("connect failed: password=hunter2")
+        await trio.sleep_forever()
+
+    async with megatrio.mega_runtime(name="root") as rt:
+        await rt.start_child(ChildSpec("worker", child))
+        await trio.testing.wait_all_tasks_blocked()
+    [record] = [json.loads(line) for line in stream.getvalue().splitlines() if "crashed" in line]
+    assert record["event"].startswith("child root/worker crashed after 0.000 s: RuntimeError")
+    assert record["event"].endswith("password=[REDACTED]")
+    traceback = record["exception"]
+    assert traceback.startswith("Traceback (most recent call last):")
+    assert traceback.count("RuntimeError: connect failed: password=[REDACTED]") == 1
+    assert "in child" in traceback  # the child's own frame is there
+    assert "^^^" not in traceback  # formatted without column markers (the cheap path)
+    assert "hunter2" not in stream.getvalue()
