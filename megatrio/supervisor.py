@@ -122,6 +122,9 @@ class ChildSpec:
     *shutdown_seconds* is this child's grace when it is stopped: its *stopping* signal is set,
     and whatever still runs ``shutdown_seconds`` later is cancelled. ``0`` cancels at once;
     ``math.inf`` waits for the child to return (as OTP's ``infinity``, meant for supervisors).
+    A finite grace is for children that can hear the signal: one that never read
+    ``current_child().stopping`` nor awaited ``wait_stopping()`` (in any of its tasks) is
+    cancelled at once — its ``finally`` blocks still run, shielded cleanup included.
     """
 
     name: str = attrs.field(validator=_check_name)
@@ -142,6 +145,10 @@ def ready_immediately(fn: Target) -> Target:
     Use it for children whose readiness means nothing beyond "it is running"::
 
         ChildSpec("sweeper", ready_immediately(sweep_forever))
+
+    Such a child is stopped by cancellation, at once, unless *fn* watches
+    ``megatrio.current_child().stopping`` (or awaits ``wait_stopping()``): then it gets its
+    ``shutdown_seconds`` to finish what it is doing.
     """
 
     async def target(*args: object, task_status: anyio.abc.TaskStatus[None]) -> None:
@@ -549,7 +556,12 @@ class Supervisor:
             elif kind is CancelAt:
                 incarnation = run.live.get(action.name)
                 if incarnation is not None and incarnation.number == action.incarnation:
-                    incarnation.cancel_at(action.deadline)
+                    # A child that never looked at its stop signal cannot hear it: waiting
+                    # out its grace would only delay every child stopped after it.
+                    deadline = action.deadline
+                    if not incarnation.listened and deadline != math.inf:
+                        deadline = -math.inf
+                    incarnation.cancel_at(deadline)
             elif kind is Exited:
                 self._log_exit(run, action)
             elif kind is StartResolved:
@@ -717,6 +729,8 @@ def _failure_reason(
         return f"did not report ready within {limit}"
     if failure is StartFailure.REMOVED:
         return "stopped by stop_child() before it was ready"
+    if failure is StartFailure.GROUP_RESTART:
+        return "a restart of its group stopped it before it was ready (temporary: not restarted)"
     if failure is StartFailure.STOPPING:
         return "the supervisor stopped before it was ready"
     return _NOT_STARTED if error is None else describe(error)

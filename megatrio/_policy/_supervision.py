@@ -120,6 +120,8 @@ class StartFailure(enum.Enum):
     """The supervisor stopped before the child was ready."""
     REMOVED = "removed"
     """``stop_child`` removed it before it was ready."""
+    GROUP_RESTART = "group_restart"
+    """A temporary child: a restart of its group stopped it before it was ready."""
 
 
 class ExitOutcome(enum.Enum):
@@ -936,9 +938,16 @@ class SupervisionCore(Generic[E]):
             for child in op.affected:
                 if self._by_name.get(child.name) is not child:
                     continue
-                if child is not trigger and child.restart is Restart.TEMPORARY:
+                # A temporary sibling the restart stopped is gone; one never launched was not
+                # stopped by anything and waits, in child order, with the group.
+                if child is not trigger and child.restart is Restart.TEMPORARY and child.launched:
                     child.state = ChildState.EXITED
                     self._remove(child)
+                    if child.awaiting_start:
+                        child.awaiting_start = False
+                        self._out.append(
+                            StartResolved(child.name, StartFailure.GROUP_RESTART, None)
+                        )
                     continue
                 present.append(child)
             attempt = self.backoff.attempt_after(trigger.attempt, op.uptime)

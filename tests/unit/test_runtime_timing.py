@@ -18,6 +18,10 @@ pytestmark = pytest.mark.anyio
 
 
 async def stubborn(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+    """Hears its stop signal (reads it once) and ignores it: cancelled at its deadline."""
+    ctx = megatrio.current_child()
+    assert ctx is not None
+    assert not ctx.stopping
     task_status.started()
     await trio.sleep_forever()
 

@@ -406,9 +406,15 @@ async def test_crash_handling_goes_on_while_a_start_hangs() -> None:
         except RestartIntensityExceeded as exc:
             outcome.append(exc)
 
+    async def hears_but_hangs(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+        ctx = megatrio.current_child()
+        assert ctx is not None
+        assert not ctx.stopping
+        await trio.sleep_forever()
+
     async def add() -> None:
         with pytest.raises(SupervisorNotRunning):
-            await sup.start_child(ChildSpec("hangs", never_ready, shutdown_seconds=3))
+            await sup.start_child(ChildSpec("hangs", hears_but_hangs, shutdown_seconds=3))
 
     async with trio.open_nursery() as nursery:
         await nursery.start(run)
@@ -646,4 +652,64 @@ async def test_restart_types_keep_their_meaning_for_timeouts() -> None:
                 ChildSpec("t", never_ready, restart=Restart.TEMPORARY, start_timeout_seconds=1)
             )
         assert sup.snapshot()["children"] == []
+        sup.stop()
+
+
+async def test_a_child_waiting_for_its_first_start_waits_out_a_group_restart() -> None:
+    crashes = {"a": trio.Event(), "b": trio.Event()}
+
+    def crasher(name: str) -> ChildSpec:
+        async def target(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+            task_status.started()
+            if not crashes[name].is_set():
+                await crashes[name].wait()
+                raise Boom(f"{name} crashed")
+            await trio.sleep_forever()
+
+        return ChildSpec(name, target)
+
+    async def slow(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+        ctx = megatrio.current_child()
+        assert ctx is not None
+        assert not ctx.stopping  # hears its stop, ignores it: stopped at its 2 s deadline
+        task_status.started()
+        await trio.sleep_forever()
+
+    async def d(*, task_status: anyio.abc.TaskStatus[str]) -> None:
+        task_status.started("d ready")
+        await trio.sleep_forever()
+
+    sup = Supervisor(
+        [crasher("a"), crasher("b"), ChildSpec("c", slow, shutdown_seconds=2)],
+        strategy=Strategy.REST_FOR_ONE,
+        backoff=NO_BACKOFF,
+    )
+    values: list[object] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(sup.run)
+        crashes["b"].set()
+        await settle()  # b's restart is stopping "c" (2 s)
+
+        async def add() -> None:
+            values.append(await sup.start_child(ChildSpec("d", d, restart=Restart.TEMPORARY)))
+
+        nursery.start_soon(add)
+        await settle()
+        crashes["a"].set()  # a's restart (a, b, c and the waiting d) queues behind b's
+        await settle()
+        assert [(c["name"], c["state"]) for c in sup.snapshot()["children"]] == [
+            ("a", "restarting"),
+            ("b", "restarting"),
+            ("c", "stopping"),
+            ("d", "starting"),
+        ]
+        await trio.sleep(3)
+        # Never launched, so never stopped by a restart: it started after its group.
+        assert values == ["d ready"]
+        assert [(c["name"], c["state"]) for c in sup.snapshot()["children"]] == [
+            ("a", "running"),
+            ("b", "running"),
+            ("c", "running"),
+            ("d", "running"),
+        ]
         sup.stop()

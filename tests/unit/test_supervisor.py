@@ -26,6 +26,7 @@ from megatrio import (
     Strategy,
     Supervisor,
     SupervisorNotRunning,
+    ready_immediately,
 )
 
 from ..helpers import Boom, Puppet, settle, task_names
@@ -206,6 +207,9 @@ async def test_a_child_that_ignores_stop_is_cancelled_exactly_at_its_grace() -> 
     cancelled_at: list[float] = []
 
     async def stubborn(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+        ctx = megatrio.current_child()
+        assert ctx is not None
+        assert not ctx.stopping  # it can hear its stop signal, and ignores it
         task_status.started()
         try:
             await trio.sleep_forever()
@@ -218,6 +222,31 @@ async def test_a_child_that_ignores_stop_is_cancelled_exactly_at_its_grace() -> 
         t0 = trio.current_time()
         sup.stop()
     assert cancelled_at == [pytest.approx(t0 + 2.5)]
+
+
+async def test_a_child_that_never_looks_at_its_stop_signal_is_cancelled_at_once() -> None:
+    cancelled_at: list[float] = []
+
+    async def deaf(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+        task_status.started()
+        try:
+            await trio.sleep_forever()
+        finally:
+            cancelled_at.append(trio.current_time())
+
+    sup = Supervisor(
+        [
+            ChildSpec("polite", ready_immediately(trio.sleep_forever), shutdown_seconds=5),
+            ChildSpec("deaf", deaf, shutdown_seconds=5),
+        ]
+    )
+    async with anyio.create_task_group() as tg:
+        await tg.start(sup.run)
+        t0 = trio.current_time()
+        sup.stop()
+    # Neither can hear a stop signal: waiting 5 s each would only delay the other.
+    assert cancelled_at == [t0]
+    assert trio.current_time() == t0
 
 
 async def test_zero_grace_cancels_at_once_and_infinite_grace_waits() -> None:
