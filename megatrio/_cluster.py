@@ -33,11 +33,11 @@ import trio
 from ._config import Config, config_from_json, config_to_json
 from ._exceptions import AppNotFound, MegatrioError, RestartIntensityExceeded
 from ._runtime import Runtime, mega_runtime
+from ._serve import serve_app, serve_http_on
 from .app import App
 from .nursery._child import ChildContext, current_child
 from .nursery._errors import unwrap_group
 from .services._admin import admin_app
-from .services._http import serve_http
 from .services._logging import configure_logging
 from .services._redact import Redactor
 from .services._sockets import bind_listeners, closing_all
@@ -325,17 +325,20 @@ class Cluster:
 async def serve_cluster(target: str, config: Config) -> int:
     """Run the primary until stopped; returns the process exit code.
 
-    0: every worker exited within the grace; 1: a worker had to be killed, or a fatal error
-    (the workers' supervisor gave up); 2: a worker could not load the app.
+    Every listener — the public ones the workers inherit and the primary's admin listener —
+    is bound before anything starts, and closed on every path.
+
+    Returns 0: every worker exited within the grace; 1: a worker had to be killed, or a fatal
+    error (the workers' supervisor gave up); 2: a worker could not load the app.
+
+    Raises:
+        ListenError: an address could not be bound; nothing was started.
     """
     redactor = Redactor(config.redact_keys)
-    try:
-        sockets = bind_listeners(config.bind)
-    except OSError as exc:
-        log.critical("cannot listen on %s: %s", ", ".join(config.bind), exc)
-        return EXIT_FATAL
-    cluster = Cluster(target, config, sockets)
-    with closing_all(sockets):
+    admin_binds = [config.admin_bind] if config.admin_bind else []
+    with closing_all(bind_listeners([*config.bind, *admin_binds])) as bound:
+        sockets, admin = list(bound[: len(config.bind)]), bound[len(config.bind) :]
+        cluster = Cluster(target, config, sockets)
         try:
             async with mega_runtime(
                 name="primary",
@@ -344,12 +347,12 @@ async def serve_cluster(target: str, config: Config) -> int:
                 max_restarts=0,
             ) as rt:
                 cluster.rt = rt
-                if config.admin_bind:
+                if admin:
                     await rt.start_child(
                         ChildSpec(
                             "admin",
-                            serve_http,
-                            (admin_app(rt.snapshot, redactor), [config.admin_bind], "admin", 1.0),
+                            serve_http_on,
+                            (admin_app(rt.snapshot, redactor), admin, "admin", 1.0),
                             shutdown_seconds=1.0,
                         )
                     )
@@ -421,7 +424,6 @@ def worker_process_main(
         log.critical("worker %d: loading %s failed", index, target, exc_info=True)
         return EXIT_FATAL
 
-    from ._serve import serve_app
     from .cli import _freeze_startup_objects
 
     _freeze_startup_objects()

@@ -22,7 +22,7 @@ from typing import Any, NoReturn
 import trio
 
 from ._config import Config, load_config
-from ._exceptions import AppNotFound, ConfigError
+from ._exceptions import AppNotFound, ConfigError, ListenError
 from .app import App
 from .services._admin import TREE_PATH
 from .services._logging import configure_logging
@@ -173,6 +173,8 @@ def _run(args: argparse.Namespace) -> int:
     _freeze_startup_objects()
     try:
         trio.run(serve_app, app, config)
+    except ListenError:
+        raise
     except Exception:
         return EXIT_FATAL  # mega_runtime logged it once, with its traceback
     return EXIT_OK
@@ -230,6 +232,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, AppNotFound, _UsageError) as exc:
         print(f"megatrio: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except ListenError as exc:
+        print(f"megatrio: error: {exc}", file=sys.stderr)
+        return EXIT_FATAL
 
 
 def entry_point() -> NoReturn:

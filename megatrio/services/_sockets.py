@@ -7,6 +7,7 @@ import socket
 from collections.abc import Iterator, Sequence
 
 from .._config import parse_address
+from .._exceptions import ListenError
 
 BACKLOG = 1024
 
@@ -18,13 +19,17 @@ def bind_listeners(binds: Sequence[str], *, backlog: int = BACKLOG) -> list[sock
     If any bind fails, the sockets already created are closed before the error propagates.
 
     Raises:
-        OSError: a bind or listen failed (address in use, permission denied, ...).
+        ListenError: a bind or listen failed (address in use, unknown host, an address not
+            on this machine, permission denied, ...); an ``OSError`` naming the address.
         ValueError: a bind string is malformed.
     """
     sockets: list[socket.socket] = []
     try:
         for bind in binds:
-            sockets.append(_listener(bind, backlog))
+            try:
+                sockets.append(_listener(bind, backlog))
+            except OSError as exc:
+                raise ListenError(bind, exc) from exc
     except BaseException:
         for sock in sockets:
             sock.close()

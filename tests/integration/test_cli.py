@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -165,6 +167,55 @@ def test_bad_environment_and_flags_are_named() -> None:
     assert proc.err == [
         "megatrio: error: command-line option --bind: key 'bind': expected HOST:PORT, got 'nowhere'"
     ]
+
+
+MODES = pytest.mark.parametrize("mode", [[], ["--workers", "2"]], ids=["one-process", "workers"])
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+@MODES
+@pytest.mark.parametrize("listener", ["bind", "admin-bind"])
+def test_a_busy_port_is_one_line_naming_it_exit_one_and_nothing_served(
+    busy_port: int, listener: str, mode: list[str]
+) -> None:
+    binds = {"bind": "127.0.0.1:0", "admin-bind": "127.0.0.1:0"}
+    binds[listener] = f"127.0.0.1:{busy_port}"
+    args = ["--bind", binds["bind"], "--admin-bind", binds["admin-bind"]]
+    proc = Process(["run", "basic:Basic", *args, "--log-format", "json", *mode])
+    assert proc.finish() == 1
+    in_use = "[Errno 98] Address already in use"
+    assert proc.err == [f"megatrio: error: cannot listen on 127.0.0.1:{busy_port}: {in_use}"]
+    # Every listener is bound before any is announced or served, and before on_start.
+    assert proc.out == []
+
+
+def _bind_error(host: str) -> str:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, 8000))
+        except OSError as exc:
+            return str(exc)
+    raise AssertionError(f"{host} was expected not to be bindable")
+
+
+@MODES
+@pytest.mark.parametrize(
+    "host", ["no-such-host.invalid", "192.0.2.1"], ids=["unresolvable", "not-on-this-machine"]
+)
+def test_an_address_that_cannot_be_bound_is_one_line_and_exit_one(
+    host: str, mode: list[str]
+) -> None:
+    proc = Process(["run", "basic:Basic", "--bind", f"{host}:8000", "--admin-bind", "", *mode])
+    assert proc.finish() == 1
+    assert proc.err == [f"megatrio: error: cannot listen on {host}:8000: {_bind_error(host)}"]
+    assert proc.out == []
 
 
 def test_tree_command_prints_the_live_tree(basic: Server) -> None:
