@@ -26,6 +26,7 @@ import signal
 import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import attrs
 import trio
@@ -34,6 +35,7 @@ from ._config import Config, config_from_json, config_to_json
 from ._exceptions import AppNotFound, MegatrioError, RestartIntensityExceeded
 from ._runtime import Runtime, mega_runtime
 from ._serve import serve_app, serve_http_on
+from ._target import load_app, parse_target
 from .app import App
 from .nursery._child import ChildContext, current_child
 from .nursery._errors import unwrap_group
@@ -108,8 +110,11 @@ def url_of(sock: socket.socket) -> str:
 class Cluster:
     """The primary's state: its sockets, the worker processes, and how the stop went."""
 
-    def __init__(self, target: str, config: Config, sockets: list[socket.socket]) -> None:
+    def __init__(
+        self, target: str, app_dir: Path, config: Config, sockets: list[socket.socket]
+    ) -> None:
         self.target = target
+        self.app_dir = app_dir
         self.config = config
         self.sockets = sockets
         self.killed = 0
@@ -202,6 +207,7 @@ class Cluster:
                 "megatrio",
                 "worker-process",
                 self.target,
+                f"--app-dir={self.app_dir}",
                 f"--index={index}",
                 f"--status-fd={status_w}",
                 f"--parent-fd={parent_r}",
@@ -322,8 +328,9 @@ class Cluster:
             log.info("worker %d (pid %d) %s", index, proc.pid, describe_exit(proc.returncode))
 
 
-async def serve_cluster(target: str, config: Config) -> int:
-    """Run the primary until stopped; returns the process exit code.
+async def serve_cluster(target: str, app_dir: Path, config: Config) -> int:
+    """Run the primary for the app *target* (resolved in *app_dir* by each worker) until
+    stopped; returns the process exit code.
 
     Every listener — the public ones the workers inherit and the primary's admin listener —
     is bound before anything starts, and closed on every path.
@@ -338,7 +345,7 @@ async def serve_cluster(target: str, config: Config) -> int:
     admin_binds = [config.admin_bind] if config.admin_bind else []
     with closing_all(bind_listeners([*config.bind, *admin_binds])) as bound:
         sockets, admin = list(bound[: len(config.bind)]), bound[len(config.bind) :]
-        cluster = Cluster(target, config, sockets)
+        cluster = Cluster(target, app_dir, config, sockets)
         try:
             async with mega_runtime(
                 name="primary",
@@ -399,10 +406,14 @@ async def _watch_primary(parent_fd: int, app: App, *, task_status: trio.TaskStat
 
 
 def worker_process_main(
-    target: str, index: int, status_fd: int, parent_fd: int, listen_fds: list[int]
+    target: str,
+    app_dir: Path,
+    index: int,
+    status_fd: int,
+    parent_fd: int,
+    listen_fds: list[int],
 ) -> int:
     """Entry of ``megatrio worker-process``: serve the app on inherited sockets."""
-    from .cli import resolve_app  # the primary never imports the app; only workers do
 
     source = f"environment variable {CONFIG_ENV}"
     config = config_from_json(os.environ.get(CONFIG_ENV, "{}"), source)
@@ -416,7 +427,8 @@ def worker_process_main(
         static_fields={"worker": index, "pid": os.getpid()},
     )
     try:
-        app = resolve_app(target)
+        # The primary never imports the app; only workers do.
+        app = load_app(parse_target(target, app_dir=app_dir))
     except AppNotFound as exc:
         print(f"megatrio: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

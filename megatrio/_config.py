@@ -68,11 +68,16 @@ def parse_address(text: str) -> tuple[str, int]:
     port = int(port_text)
     if not 0 <= port <= 65535:
         raise ValueError(f"port must be 0..65535, got {port} in {text!r}")
-    if host.startswith("["):
-        if not host.endswith("]"):
+    if host.startswith("[") or host.endswith("]"):
+        if not (host.startswith("[") and host.endswith("]")):
             raise ValueError(f"expected [IPV6]:PORT, got {text!r}")
         host = host[1:-1]
-        ipaddress.IPv6Address(host)
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(
+                f"expected [IPV6]:PORT, but {host!r} is not an IPv6 address in {text!r}"
+            ) from None
     return host, port
 
 

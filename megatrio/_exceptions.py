@@ -54,6 +54,21 @@ class AppNotFound(MegatrioError):
     object that is not a :class:`megatrio.App`."""
 
 
+class AppLoadError(MegatrioError):
+    """The app's own code raised while megatrio imported its module or built the App: an
+    import or syntax error in the module, or its constructor, ``setup()`` or factory raised.
+
+    Raised by ``megatrio run`` and ``megatrio console`` before anything starts. The app's
+    exception is the ``__cause__``; :attr:`target` is the target as given.
+    """
+
+    def __init__(self, target: str, error: BaseException) -> None:
+        text = str(error)
+        reason = f"{type(error).__name__}: {text}" if text else type(error).__name__
+        super().__init__(f"cannot load {target!r}: {reason}")
+        self.target = target
+
+
 class ListenError(MegatrioError, OSError):
     """A listening socket could not be bound: the address is in use, its host does not resolve
     or is not on this machine, permission was denied, ...

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib
-import importlib.util
 import json
 import logging
 import sys
@@ -17,12 +15,13 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import trio
 
-from ._config import Config, load_config
-from ._exceptions import AppNotFound, ConfigError, ListenError
+from ._config import Config, load_config, parse_address
+from ._exceptions import AppLoadError, AppNotFound, ConfigError, ListenError
+from ._target import check_target, load_app, parse_target
 from .app import App
 from .services._admin import TREE_PATH
 from .services._logging import configure_logging
@@ -39,40 +38,15 @@ class _UsageError(Exception):
 
 
 def resolve_app(target: str, *, directory: Path | None = None) -> App:
-    """Import ``module:attr`` (module relative to *directory*, default cwd) and return the App.
-
-    An App subclass is instantiated with no arguments.
+    """Import *target* — ``module:attr`` or ``path/to/file.py:attr``, relative to *directory*
+    (default: the current one) — and return the App; an App subclass is instantiated with no
+    arguments.
 
     Raises:
-        AppNotFound: malformed target, module or attribute missing, or not an App.
+        AppNotFound: malformed target, module, file or attribute missing, or not an App.
+        AppLoadError: the app's own code raised while importing or building it.
     """
-    module_name, sep, attr_path = target.partition(":")
-    if not sep or not module_name or not attr_path:
-        raise AppNotFound(f"expected MODULE:ATTRIBUTE (like app:App), got {target!r}")
-    search = str((directory or Path.cwd()).resolve())
-    if search not in sys.path:
-        sys.path.insert(0, search)
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        missing = exc.name or ""
-        if missing == module_name or module_name.startswith(missing + "."):
-            raise AppNotFound(f"module {module_name!r} not found (searched {search})") from None
-        raise
-    obj: Any = module
-    for part in attr_path.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise AppNotFound(f"module {module_name!r} has no attribute {attr_path!r}") from None
-    if isinstance(obj, type) and issubclass(obj, App):
-        obj = obj()
-    if not isinstance(obj, App):
-        raise AppNotFound(
-            f"{target!r} is not a megatrio.App (it is {type(obj).__module__}."
-            f"{type(obj).__qualname__})"
-        )
-    return obj
+    return load_app(parse_target(target, app_dir=directory))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -97,6 +71,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     worker = commands.add_parser("worker-process")  # started by a primary, not by people
     worker.add_argument("target")
+    worker.add_argument("--app-dir", type=Path, required=True)
     worker.add_argument("--index", type=int, required=True)
     worker.add_argument("--status-fd", type=int, required=True)
     worker.add_argument("--parent-fd", type=int, required=True)
@@ -131,20 +106,6 @@ def _freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def _check_module(target: str) -> None:
-    """Without importing it: the module of *target* exists (the primary never imports the app;
-    a missing attribute shows up as workers exiting with code 2)."""
-    module_name, sep, attr = target.partition(":")
-    if not sep or not module_name or not attr:
-        raise AppNotFound(f"expected MODULE:ATTRIBUTE (like app:App), got {target!r}")
-    search = str(Path.cwd().resolve())
-    if search not in sys.path:
-        sys.path.insert(0, search)
-    top = module_name.split(".")[0]
-    if importlib.util.find_spec(top) is None:
-        raise AppNotFound(f"module {module_name!r} not found (searched {search})")
-
-
 def _fail(message: str) -> NoReturn:
     raise _UsageError(message)
 
@@ -153,23 +114,18 @@ def _run(args: argparse.Namespace) -> int:
     from ._serve import serve_app
 
     config = _config_from(args)
+    app_dir = Path.cwd()
+    target = parse_target(args.target, app_dir=app_dir)
     configure_logging(
         level=config.log_level.number, fmt=config.log_format, redact_keys=config.redact_keys
     )
     if config.workers > 1:
         from ._cluster import serve_cluster
 
-        _check_module(args.target)
+        check_target(target)
         _freeze_startup_objects()
-        return trio.run(serve_cluster, args.target, config)
-    try:
-        app = resolve_app(args.target)
-    except AppNotFound:
-        raise
-    except Exception:
-        # The app's own code raised while importing or constructing: its traceback matters.
-        log.critical("loading %s failed", args.target, exc_info=True)
-        return EXIT_FATAL
+        return trio.run(serve_cluster, args.target, app_dir, config)
+    app = load_app(target)
     _freeze_startup_objects()
     try:
         trio.run(serve_app, app, config)
@@ -184,19 +140,32 @@ def _console(args: argparse.Namespace) -> int:
     from ._console import run_console
 
     config = _config_from(args)
+    if config.workers > 1 and args.workers is not None:
+        _fail(f"the console serves one process: --workers {args.workers} is for megatrio run")
+    target = parse_target(args.target, app_dir=Path.cwd())
     configure_logging(
         level=config.log_level.number,
         fmt=config.log_format,
         redact_keys=config.redact_keys,
         stream=sys.stderr,
     )
-    app = resolve_app(args.target)
+    if config.workers > 1:
+        log.warning(
+            "the console serves one process: workers = %d from the configuration is ignored",
+            config.workers,
+        )
+    app = load_app(target)
     return run_console(app, config)
 
 
 def _tree(args: argparse.Namespace) -> int:
     address = args.admin
-    if address is None:
+    if address is not None:
+        try:
+            parse_address(address)
+        except ValueError as exc:
+            _fail(f"command-line option --admin: {exc}")
+    else:
         address = load_config(path=args.config).admin_bind
         if not address:
             _fail("admin_bind is disabled in the config; pass --admin HOST:PORT")
@@ -226,7 +195,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ._cluster import worker_process_main
 
             return worker_process_main(
-                args.target, args.index, args.status_fd, args.parent_fd, args.listen_fd
+                args.target,
+                args.app_dir,
+                args.index,
+                args.status_fd,
+                args.parent_fd,
+                args.listen_fd,
             )
         return _tree(args)
     except (ConfigError, AppNotFound, _UsageError) as exc:
@@ -234,6 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except ListenError as exc:
         print(f"megatrio: error: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    except AppLoadError as exc:
+        log.critical("loading %s failed", exc.target, exc_info=exc.__cause__)
         return EXIT_FATAL
 
 

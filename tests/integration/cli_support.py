@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-APPS = Path(__file__).with_name("apps")
+APPS = Path(__file__).resolve().with_name("apps")
 _URL = re.compile(r"serving (http|admin) on (http://\S+)")
 
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import socket
 import threading
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -215,6 +217,89 @@ def test_an_address_that_cannot_be_bound_is_one_line_and_exit_one(
     proc = Process(["run", "basic:Basic", "--bind", f"{host}:8000", "--admin-bind", "", *mode])
     assert proc.finish() == 1
     assert proc.err == [f"megatrio: error: cannot listen on {host}:8000: {_bind_error(host)}"]
+    assert proc.out == []
+
+
+@MODES
+@pytest.mark.parametrize(
+    ("cwd", "target"),
+    [(APPS, "./basic:Basic"), (APPS, "basic.py:Basic"), (APPS.parent, "apps/basic.py:Basic")],
+)
+def test_a_file_path_as_the_module_imports_that_file(
+    cwd: Path, target: str, mode: list[str]
+) -> None:
+    args = ["run", target, "--bind", "127.0.0.1:0", "--admin-bind", "", "--log-format", "json"]
+    proc = Process([*args, *mode], cwd=cwd)
+    try:
+        match = re.search(r"serving http on (http://[\d.:]+)", proc.wait_line("serving http on"))
+        assert match is not None
+        with urllib.request.urlopen(match[1] + "/", timeout=10) as response:
+            assert response.read() == b'{"app":"basic"}\n'
+        proc.signal(signal.SIGTERM)
+        assert proc.finish() == 0
+    finally:
+        proc.kill()
+
+
+@MODES
+@pytest.mark.parametrize(
+    ("target", "message"),
+    [
+        ("./nope:app", f"'./nope' not found: no file {APPS}/nope.py and no package {APPS}/nope/"),
+        (
+            "apps/nope.py:app",
+            f"'apps/nope.py' not found: no file {APPS}/apps/nope.py and no "
+            f"package {APPS}/apps/nope/",
+        ),
+        (
+            "my-app:app",
+            "'my-app' in 'my-app:app' is neither a module name nor a path to a .py file",
+        ),
+    ],
+)
+def test_a_bad_module_path_is_one_line_and_exit_two(
+    target: str, message: str, mode: list[str]
+) -> None:
+    proc = Process(["run", target, "--bind", "127.0.0.1:0", "--admin-bind", "", *mode])
+    assert proc.finish() == 2
+    assert proc.err == [f"megatrio: error: {message}"]
+
+
+@MODES
+def test_a_file_shadowed_by_an_imported_module_is_named(tmp_path: Path, mode: list[str]) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "json.py").write_text("import megatrio\napp = megatrio.App('j')\n")
+    proc = Process(["run", "sub/json.py:app", "--admin-bind", "", *mode], cwd=tmp_path)
+    assert proc.finish() == 2
+    assert proc.err == [
+        f"megatrio: error: 'sub/json.py' would be imported as module 'json', which is already "
+        f"{json.__file__}; rename the file"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (
+            ["run", "basic:Basic", "--bind", "[zz]:8100"],
+            "command-line option --bind: key 'bind': expected [IPV6]:PORT, but 'zz' is not an "
+            "IPv6 address in '[zz]:8100'",
+        ),
+        (
+            ["tree", "--admin", "garbage"],
+            "command-line option --admin: expected HOST:PORT, got 'garbage'",
+        ),
+        (
+            ["console", "basic:Basic", "--workers", "2"],
+            "the console serves one process: --workers 2 is for megatrio run",
+        ),
+    ],
+    ids=["bracketed-non-ipv6", "tree-admin", "console-workers"],
+)
+def test_bad_command_lines_are_one_line_and_exit_two(args: list[str], message: str) -> None:
+    proc = Process(args)
+    assert proc.finish() == 2
+    assert proc.err == [f"megatrio: error: {message}"]
     assert proc.out == []
 
 

@@ -56,6 +56,7 @@ def test_list_values_from_the_environment_are_comma_separated(tmp_path: Path) ->
         ('log_level = "loud"\n', "key 'log_level': expected one of 'debug', 'info'"),
         ('bind = ["nohost"]\n', "key 'bind': expected HOST:PORT, got 'nohost'"),
         ('bind = ["h:70000"]\n', "key 'bind': port must be 0..65535, got 70000"),
+        ('bind = ["[zz]:80"]\n', "key 'bind': expected [IPV6]:PORT, but 'zz' is not an IPv6"),
         ("bind = []\n", "key 'bind': expected at least one HOST:PORT address"),
         ("bind = [1]\n", "key 'bind': expected a list of strings, got [1]"),
         ("colour = 1\n", "unknown key 'colour' (known keys: bind, admin_bind"),
