@@ -15,11 +15,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import trio
 
-from ._config import Config, load_config, parse_address
+from ._config import Config, load_config, parse_address, unknown_environment_variables
 from ._exceptions import AppLoadError, AppNotFound, ConfigError, ListenError
 from ._target import check_target, load_app, parse_target
 from .app import App
@@ -95,6 +95,22 @@ def _config_from(args: argparse.Namespace) -> Config:
     return load_config(path=args.config, overrides=overrides)
 
 
+def _configure_logging(config: Config, **options: Any) -> None:
+    """Install the log handler, then say once which ``MEGATRIO_*`` variables were ignored."""
+    configure_logging(
+        level=config.log_level.number,
+        fmt=config.log_format,
+        redact_keys=config.redact_keys,
+        **options,
+    )
+    unknown = unknown_environment_variables()
+    if unknown:
+        log.warning(
+            "ignoring environment variables that name no megatrio setting: %s",
+            ", ".join(unknown),
+        )
+
+
 def _freeze_startup_objects() -> None:
     """Move everything allocated so far (modules, the app) out of the cyclic GC's reach.
 
@@ -116,9 +132,7 @@ def _run(args: argparse.Namespace) -> int:
     config = _config_from(args)
     app_dir = Path.cwd()
     target = parse_target(args.target, app_dir=app_dir)
-    configure_logging(
-        level=config.log_level.number, fmt=config.log_format, redact_keys=config.redact_keys
-    )
+    _configure_logging(config)
     if config.workers > 1:
         from ._cluster import serve_cluster
 
@@ -143,12 +157,7 @@ def _console(args: argparse.Namespace) -> int:
     if config.workers > 1 and args.workers is not None:
         _fail(f"the console serves one process: --workers {args.workers} is for megatrio run")
     target = parse_target(args.target, app_dir=Path.cwd())
-    configure_logging(
-        level=config.log_level.number,
-        fmt=config.log_format,
-        redact_keys=config.redact_keys,
-        stream=sys.stderr,
-    )
+    _configure_logging(config, stream=sys.stderr)
     if config.workers > 1:
         log.warning(
             "the console serves one process: workers = %d from the configuration is ignored",

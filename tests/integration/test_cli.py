@@ -303,6 +303,44 @@ def test_bad_command_lines_are_one_line_and_exit_two(args: list[str], message: s
     assert proc.out == []
 
 
+KUBERNETES_SERVICE_ENV = {
+    "MEGATRIO_PORT": "tcp://10.0.0.1:8000",
+    "MEGATRIO_SERVICE_HOST": "10.0.0.1",
+    "MEGATRIO_PORT_8000_TCP": "tcp://10.0.0.1:8000",
+}
+
+
+@MODES
+def test_unknown_megatrio_variables_warn_once_and_serving_starts(mode: list[str]) -> None:
+    args = ["run", "basic:Basic", "--bind", "127.0.0.1:0", "--admin-bind", "127.0.0.1:0"]
+    proc = Process([*args, "--log-format", "json", *mode], env=KUBERNETES_SERVICE_ENV)
+    try:
+        proc.wait_line("serving http on")
+        proc.signal(signal.SIGTERM)
+        assert proc.finish() == 0
+    finally:
+        proc.kill()
+    warnings = [r for r in proc.records() if "MEGATRIO_" in r["event"]]
+    assert [(r["level"], r["event"]) for r in warnings] == [
+        (
+            "warning",
+            "ignoring environment variables that name no megatrio setting: "
+            "MEGATRIO_PORT, MEGATRIO_PORT_8000_TCP, MEGATRIO_SERVICE_HOST",
+        )
+    ]
+
+
+@MODES
+def test_a_known_variable_with_a_bad_value_still_refuses_to_start(mode: list[str]) -> None:
+    env = {**KUBERNETES_SERVICE_ENV, "MEGATRIO_GRACE_SECONDS": "soon"}
+    proc = Process(["run", "basic:Basic", *mode], env=env)
+    assert proc.finish() == 2
+    assert proc.err == [
+        "megatrio: error: environment variable MEGATRIO_GRACE_SECONDS: key 'grace_seconds': "
+        "expected a number of seconds, got 'soon'"
+    ]
+
+
 def test_tree_command_prints_the_live_tree(basic: Server) -> None:
     tree = Process(["tree", "--admin", basic.admin.removeprefix("http://")])
     assert tree.finish() == 0
