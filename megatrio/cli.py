@@ -21,10 +21,11 @@ import trio
 
 from ._config import Config, load_config, parse_address, unknown_environment_variables
 from ._exceptions import AppLoadError, AppNotFound, ConfigError, ListenError
-from ._target import check_target, load_app, parse_target
+from ._target import AppTarget, check_target, format_load_error, load_app, parse_target
 from .app import App
 from .services._admin import TREE_PATH
 from .services._logging import configure_logging
+from .services._redact import Redactor
 
 EXIT_OK = 0
 EXIT_FATAL = 1
@@ -111,6 +112,20 @@ def _configure_logging(config: Config, **options: Any) -> None:
         )
 
 
+def _load_app(target: AppTarget, config: Config) -> App | None:
+    """The app, or None after printing why the app's own code failed to load (on stderr: its
+    frames' traceback, then one line).
+
+    Raises:
+        AppNotFound: the target itself is wrong.
+    """
+    try:
+        return load_app(target)
+    except AppLoadError as exc:
+        sys.stderr.write(format_load_error(exc, Redactor(config.redact_keys)))
+        return None
+
+
 def _freeze_startup_objects() -> None:
     """Move everything allocated so far (modules, the app) out of the cyclic GC's reach.
 
@@ -139,7 +154,9 @@ def _run(args: argparse.Namespace) -> int:
         check_target(target)
         _freeze_startup_objects()
         return trio.run(serve_cluster, args.target, app_dir, config)
-    app = load_app(target)
+    app = _load_app(target, config)
+    if app is None:
+        return EXIT_FATAL
     _freeze_startup_objects()
     try:
         trio.run(serve_app, app, config)
@@ -163,7 +180,9 @@ def _console(args: argparse.Namespace) -> int:
             "the console serves one process: workers = %d from the configuration is ignored",
             config.workers,
         )
-    app = load_app(target)
+    app = _load_app(target, config)
+    if app is None:
+        return EXIT_FATAL
     return run_console(app, config)
 
 
@@ -217,9 +236,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except ListenError as exc:
         print(f"megatrio: error: {exc}", file=sys.stderr)
-        return EXIT_FATAL
-    except AppLoadError as exc:
-        log.critical("loading %s failed", exc.target, exc_info=exc.__cause__)
         return EXIT_FATAL
 
 

@@ -15,6 +15,9 @@ import pytest
 
 from .cli_support import APPS, Process, Server, raw_request
 
+# The one-process and the --workers paths: every CLI promise holds in both.
+MODES = pytest.mark.parametrize("mode", [[], ["--workers", "2"]], ids=["one-process", "workers"])
+
 
 @pytest.fixture
 def basic() -> Server:
@@ -141,12 +144,91 @@ def test_a_bad_app_path_is_a_one_line_error_and_exit_two(target: str, message: s
     assert line.startswith(f"megatrio: error: {message}")
 
 
-def test_an_app_that_fails_to_import_shows_its_traceback_and_exits_one() -> None:
-    proc = Process(["run", "broken_import:app", "--log-format", "console"])
+# (files, target, the app's frames as (file, line, function, source), the error line)
+LOAD_ERRORS = {
+    "import-error": (
+        {"mod.py": "import definitely_not_a_real_module\n"},
+        "mod:app",
+        [("mod.py", 1, "<module>", "import definitely_not_a_real_module")],
+        "ModuleNotFoundError: No module named 'definitely_not_a_real_module'",
+    ),
+    "error-in-a-module-it-imports": (
+        {
+            "mod.py": "import helper\n",
+            "helper.py": 'raise LookupError("no table (token=abc123)")\n',
+        },
+        "mod:app",
+        [
+            ("mod.py", 1, "<module>", "import helper"),
+            ("helper.py", 1, "<module>", 'raise LookupError("no table (token=[REDACTED])")'),
+        ],
+        "LookupError: no table (token=[REDACTED])",
+    ),
+    "setup-raises": (
+        {
+            "mod.py": "import megatrio\n\n\nclass Shop(megatrio.App):\n    def setup(self):\n"
+            '        raise ValueError("no routes today")\n'
+        },
+        "mod:Shop",
+        [("mod.py", 6, "setup", 'raise ValueError("no routes today")')],
+        "ValueError: no routes today",
+    ),
+    "constructor-raises": (
+        {
+            "mod.py": "import megatrio\n\n\nclass Shop(megatrio.App):\n    def __init__(self):\n"
+            '        raise TypeError("needs a database")\n'
+        },
+        "mod:Shop",
+        [("mod.py", 6, "__init__", 'raise TypeError("needs a database")')],
+        "TypeError: needs a database",
+    ),
+}
+
+
+def _run_failing_app(
+    tmp_path: Path, files: dict[str, str], target: str, mode: list[str]
+) -> Process:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    args = ["run", target, "--bind", "127.0.0.1:0", "--admin-bind", "127.0.0.1:0"]
+    proc = Process([*args, "--log-format", "json", *mode], cwd=tmp_path)
     assert proc.finish() == 1
-    text = "\n".join(proc.out)
-    assert "loading broken_import:app failed" in text
-    assert "No module named 'definitely_not_a_real_module'" in text
+    if mode:
+        # Printed once by the primary, no worker restarted, nothing announced.
+        events = [r["event"] for r in proc.records()]
+        assert not [e for e in events if "crashed" in e or "giving up" in e or "serving" in e]
+    else:
+        assert proc.out == []
+    return proc
+
+
+@MODES
+@pytest.mark.parametrize("case", LOAD_ERRORS)
+def test_an_error_in_the_apps_own_code_shows_its_frames_and_one_line_then_exit_one(
+    tmp_path: Path, case: str, mode: list[str]
+) -> None:
+    files, target, frames, error = LOAD_ERRORS[case]
+    proc = _run_failing_app(tmp_path, files, target, mode)
+    expected = ["Traceback (most recent call last):"]
+    for name, line, function, source in frames:
+        expected += [f'  File "{tmp_path / name}", line {line}, in {function}', f"    {source}"]
+    expected += [error, f"megatrio: error: cannot load {target!r}: {error}"]
+    assert proc.err == expected
+    assert "abc123" not in "\n".join(proc.out + proc.err)
+
+
+@MODES
+def test_a_syntax_error_in_the_app_shows_where_then_one_line_and_exit_one(
+    tmp_path: Path, mode: list[str]
+) -> None:
+    proc = _run_failing_app(tmp_path, {"mod.py": "def broken(:\n    pass\n"}, "mod:app", mode)
+    assert proc.err == [
+        f'  File "{tmp_path / "mod.py"}", line 1',
+        "    def broken(:",
+        "               ^",
+        "SyntaxError: invalid syntax",
+        "megatrio: error: cannot load 'mod:app': SyntaxError: invalid syntax (mod.py, line 1)",
+    ]
 
 
 def test_bad_config_names_the_file_key_and_expected_type(tmp_path: Path) -> None:
@@ -169,9 +251,6 @@ def test_bad_environment_and_flags_are_named() -> None:
     assert proc.err == [
         "megatrio: error: command-line option --bind: key 'bind': expected HOST:PORT, got 'nowhere'"
     ]
-
-
-MODES = pytest.mark.parametrize("mode", [[], ["--workers", "2"]], ids=["one-process", "workers"])
 
 
 @pytest.fixture
