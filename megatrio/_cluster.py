@@ -304,8 +304,9 @@ class Cluster:
             ctx.started(proc.pid, up=False)
             if self.stopping:
                 self._terminate(index, proc)
-            status = await self._wait(index, proc, status_r, ctx)
-            status_r = -1
+            # _wait owns the read end from here: its stream closes it, even when cancelled.
+            status_fd, status_r = status_r, -1
+            status = await self._wait(index, proc, status_fd, ctx)
             if proc.returncode is not None and not ctx.stopping:
                 await self._exited_unasked(index, proc, status, ctx)
                 return
