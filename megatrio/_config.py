@@ -259,6 +259,17 @@ def _caches(value: Any, from_text: bool) -> dict[str, CacheConfig]:
     return caches
 
 
+def _with_default_cache(value: Any) -> Any:
+    """*value* with the implicit memory ``default`` cache first, unless it defines its own.
+
+    ``app.cache()`` means ``app.cache("default")``: declaring ``[cache.pages]`` must not take
+    that away. Anything but a table is passed on for validation to reject.
+    """
+    if isinstance(value, dict) and "default" not in value:
+        return {"default": CacheConfig(), **value}
+    return value
+
+
 @attrs.frozen(kw_only=True)
 class Config:
     """Everything ``megatrio run`` reads. Build it with :func:`load_config`."""
@@ -306,7 +317,8 @@ class Config:
     )
     cache: dict[str, CacheConfig] = attrs.field(
         factory=lambda: {"default": CacheConfig()},
-        metadata=_meta(_caches, "[cache.ALIAS] tables; default: one memory cache"),
+        converter=_with_default_cache,
+        metadata=_meta(_caches, "[cache.ALIAS] tables; 'default' (memory) is always there"),
     )
     nonce_driver: NonceDriverKind = attrs.field(
         default=NonceDriverKind.MEMORY, metadata=_meta(_enum(NonceDriverKind), "memory|redis")

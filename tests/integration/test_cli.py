@@ -231,6 +231,22 @@ def test_a_syntax_error_in_the_app_shows_where_then_one_line_and_exit_one(
     ]
 
 
+def test_declaring_another_cache_keeps_the_default_one(tmp_path: Path) -> None:
+    config = tmp_path / "megatrio.toml"
+    config.write_text('[cache.pages]\ndriver = "memory"\nmax_entries = 10\n')
+    server = Server("basic:Basic", "--config", str(config))
+    try:
+        assert server.get("/cached") == (200, "hello from the default cache")
+        status, body = server.get("/_megatrio/tree", base=server.admin)
+        assert status == 200
+        names = [c["name"] for c in json.loads(body)["children"]]
+        assert names[:2] == ["cache-default", "cache-pages"]
+        server.signal(signal.SIGTERM)
+        assert server.finish() == 0
+    finally:
+        server.kill()
+
+
 def test_bad_config_names_the_file_key_and_expected_type(tmp_path: Path) -> None:
     config = tmp_path / "megatrio.toml"
     config.write_text('grace_seconds = "soon"\n')

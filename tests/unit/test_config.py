@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from megatrio import Config, ConfigError, LogFormat, LogLevel, load_config
-from megatrio._config import unknown_environment_variables
+from megatrio._config import CacheConfig, CacheDriverKind, unknown_environment_variables
 
 
 def test_defaults_without_any_source(tmp_path: Path) -> None:
@@ -117,3 +117,15 @@ def test_environment_variables_that_name_no_setting_are_ignored_and_listed(
         "MEGATRIO_SERVICE_HOST",
     )
     assert unknown_environment_variables({"MEGATRIO_BIND": "127.0.0.1:1"}) == ()
+
+
+def test_the_default_cache_stays_unless_the_file_defines_it(tmp_path: Path) -> None:
+    path = tmp_path / "megatrio.toml"
+    path.write_text('[cache.pages]\ndriver = "file"\n')
+    config = load_config(path=path, environ={})
+    assert list(config.cache) == ["default", "pages"]
+    assert config.cache["default"] == CacheConfig()
+    assert config.cache["pages"].driver is CacheDriverKind.FILE
+    path.write_text("[cache.default]\nmax_entries = 5\n")
+    assert load_config(path=path, environ={}).cache == {"default": CacheConfig(max_entries=5)}
+    assert list(Config(cache={"x": CacheConfig()}).cache) == ["default", "x"]
