@@ -155,10 +155,17 @@ class Cluster:
     """The primary's state: its sockets, the worker processes, and how the stop went."""
 
     def __init__(
-        self, target: str, app_dir: Path, config: Config, sockets: list[socket.socket]
+        self,
+        target: str,
+        app_dir: Path,
+        config: Config,
+        sockets: list[socket.socket],
+        *,
+        factory: bool = False,
     ) -> None:
         self.target = target
         self.app_dir = app_dir
+        self.factory = factory
         self.config = config
         self.sockets = sockets
         self.killed = 0
@@ -281,6 +288,7 @@ class Cluster:
                 "worker-process",
                 self.target,
                 f"--app-dir={self.app_dir}",
+                *(["--factory"] if self.factory else []),
                 f"--index={index}",
                 f"--status-fd={status_w}",
                 f"--parent-fd={parent_r}",
@@ -414,9 +422,11 @@ class Cluster:
             log.info("worker %d (pid %d) %s", index, proc.pid, describe_exit(proc.returncode))
 
 
-async def serve_cluster(target: str, app_dir: Path, config: Config) -> int:
-    """Run the primary for the app *target* (resolved in *app_dir* by each worker) until
-    stopped; returns the process exit code.
+async def serve_cluster(
+    target: str, app_dir: Path, config: Config, *, factory: bool = False
+) -> int:
+    """Run the primary for the app *target* (resolved in *app_dir* by each worker, called
+    when *factory*) until stopped; returns the process exit code.
 
     Every listener — the public ones the workers inherit and the primary's admin listener —
     is bound before anything starts, and closed on every path.
@@ -433,7 +443,7 @@ async def serve_cluster(target: str, app_dir: Path, config: Config) -> int:
     admin_binds = [config.admin_bind] if config.admin_bind else []
     with closing_all(bind_listeners([*config.bind, *admin_binds])) as bound:
         sockets, admin = list(bound[: len(config.bind)]), bound[len(config.bind) :]
-        cluster = Cluster(target, app_dir, config, sockets)
+        cluster = Cluster(target, app_dir, config, sockets, factory=factory)
         try:
             async with mega_runtime(
                 name="primary",
@@ -514,6 +524,7 @@ def _report_load_failure(status: IO[bytes], code: int, report: str) -> int:
 def worker_process_main(
     target: str,
     app_dir: Path,
+    factory: bool,
     index: int,
     status_fd: int,
     parent_fd: int,
@@ -535,7 +546,7 @@ def worker_process_main(
     status = os.fdopen(status_fd, "wb", buffering=0)
     try:
         # The primary never imports the app; only workers do.
-        app = load_app(parse_target(target, app_dir=app_dir))
+        app = load_app(parse_target(target, app_dir=app_dir, factory=factory))
     except AppNotFound as exc:
         return _report_load_failure(status, EXIT_USAGE, f"megatrio: error: {exc}\n")
     except AppLoadError as exc:

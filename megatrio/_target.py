@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import importlib.machinery
 import importlib.util
+import inspect
 import os
 import sys
 import traceback
@@ -44,13 +45,16 @@ class AppTarget:
     """The dotted attribute path inside the module."""
     path_form: bool
     """Whether the module was given as a file or directory path (``./app``, ``app.py``)."""
+    factory: bool = False
+    """Whether the attribute is a callable that returns the App (``--factory``)."""
 
 
-def parse_target(text: str, *, app_dir: Path | None = None) -> AppTarget:
+def parse_target(text: str, *, app_dir: Path | None = None, factory: bool = False) -> AppTarget:
     """Parse *text*: ``module.sub:attr`` (imported from *app_dir*, default the current
     directory) or a file path as the module part (``./app:app``, ``app.py:app``,
     ``src/app.py:app``, relative to *app_dir*): that file's directory is imported from and its
-    stem is the module name; a path to a directory is a package.
+    stem is the module name; a path to a directory is a package. With *factory*, the attribute
+    is a callable returning the App.
 
     Raises:
         AppNotFound: *text* is not of that form.
@@ -67,14 +71,16 @@ def parse_target(text: str, *, app_dir: Path | None = None) -> AppTarget:
             raise AppNotFound(
                 f"{module_part!r} in {text!r} is neither a module name nor a path to a .py file"
             )
-        return AppTarget(text, module_part, base, attribute, path_form=False)
+        return AppTarget(text, module_part, base, attribute, path_form=False, factory=factory)
     path = base / module_part
     module = path.stem if path.suffix == ".py" else path.name
     if not module.isidentifier():
         raise AppNotFound(
             f"{module_part!r} in {text!r}: {module!r} is not an importable module name"
         )
-    return AppTarget(text, module, path.parent.resolve(), attribute, path_form=True)
+    return AppTarget(
+        text, module, path.parent.resolve(), attribute, path_form=True, factory=factory
+    )
 
 
 def check_target(target: AppTarget) -> None:
@@ -97,11 +103,12 @@ def check_target(target: AppTarget) -> None:
 
 def load_app(target: AppTarget) -> App:
     """Import the target's module and return its App; an App subclass is instantiated with no
-    arguments.
+    arguments. For a factory target, the attribute is called with no arguments instead.
 
     Raises:
         AppNotFound: the module, the file or the attribute does not exist, or the object is
-            not an App (nor an App subclass).
+            not an App (nor an App subclass); for a factory target, it is not callable or did
+            not return an App.
         AppLoadError: the app's own code raised (importing its module, building the App);
             that exception is the ``__cause__``.
     """
@@ -114,14 +121,38 @@ def load_app(target: AppTarget) -> App:
             raise AppNotFound(
                 f"module {_shown(target)!r} has no attribute {target.attribute!r}"
             ) from None
+    if target.factory:
+        return _call_factory(target, obj)
     if isinstance(obj, type) and issubclass(obj, App):
         try:
             obj = obj()
         except Exception as exc:
             raise AppLoadError(target.text, exc) from exc
     if not isinstance(obj, App):
-        raise AppNotFound(f"{target.text!r} is not a megatrio.App (it is {_type_name(obj)})")
+        hint = "; pass --factory if it returns one" if callable(obj) else ""
+        raise AppNotFound(f"{target.text!r} is not a megatrio.App (it is {_type_name(obj)}){hint}")
     return obj
+
+
+def _call_factory(target: AppTarget, factory: Any) -> App:
+    if not callable(factory):
+        raise AppNotFound(
+            f"{target.text!r} is not callable (it is {_type_name(factory)}); "
+            "--factory needs a function that returns a megatrio.App"
+        )
+    try:
+        app = factory()
+    except Exception as exc:
+        raise AppLoadError(target.text, exc) from exc
+    if inspect.iscoroutine(app):
+        app.close()
+        raise AppNotFound(
+            f"{target.text!r} is an async function: --factory needs a plain function "
+            "that returns a megatrio.App"
+        )
+    if not isinstance(app, App):
+        raise AppNotFound(f"{target.text!r} returned {_type_name(app)}, not a megatrio.App")
+    return app
 
 
 def format_load_error(error: AppLoadError, redactor: Redactor) -> str:

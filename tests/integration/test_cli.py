@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import re
 import signal
@@ -12,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from megatrio._config import config_keys
 
 from .cli_support import APPS, Process, Server, raw_request
 
@@ -481,6 +484,171 @@ def test_console_keeps_the_runtime_running_after_an_exception() -> None:
     assert "state running" in out
     assert "children ['cache-default', 'http', 'worker']" in out
     assert "worker stopped" in out
+
+
+def _serving_url(proc: Process) -> str:
+    """The public URL once it serves (in both modes a "serving http on" line says so)."""
+    match = re.search(r"serving http on (http://[\d.:\[\]]+)", proc.wait_line("serving http on"))
+    assert match is not None
+    return match[1]
+
+
+def _serves_basic_then_stops(proc: Process) -> str:
+    try:
+        url = _serving_url(proc)
+        with urllib.request.urlopen(url + "/", timeout=10) as response:
+            assert response.read() == b'{"app":"basic"}\n'
+        proc.signal(signal.SIGTERM)
+        assert proc.finish() == 0
+    finally:
+        proc.kill()
+    return url
+
+
+def test_version_prints_the_package_version() -> None:
+    proc = Process(["--version"])
+    assert proc.finish() == 0
+    assert proc.out == [f"megatrio {importlib.metadata.version('megatrio')}"]
+
+
+def _flat(lines: list[str]) -> str:
+    return " ".join(" ".join(lines).split())
+
+
+def test_run_help_shows_defaults_variables_precedence_and_exit_codes() -> None:
+    proc = Process(["run", "--help"])
+    assert proc.finish() == 0
+    options: dict[str, list[str]] = {}
+    for line in proc.out[proc.out.index("options:") + 1 :]:
+        if not line.strip():
+            break
+        match = re.match(r"  (-[-\w]+)", line)
+        if match:
+            options[match[1]] = []
+        options[list(options)[-1]].append(line)
+    options.pop("-h")
+    assert set(options) == {
+        "--config", "--bind", "--host", "--port", "--admin-bind", "--grace-seconds",
+        "--workers", "--log-level", "--log-format", "--app-dir", "--factory",
+    }  # fmt: skip
+    for option, lines in options.items():
+        assert "(default: " in _flat(lines), f"{option} does not show its default"
+    assert "(default: 127.0.0.1:8000)" in _flat(options["--bind"])
+    assert "(default: 30)" in _flat(options["--grace-seconds"])
+    assert "one of debug, info, warning, error, critical" in _flat(options["--log-level"])
+    text = _flat(proc.out)
+    assert "later sources winning (file < environment < options)" in text
+    for key in config_keys():
+        if key != "cache":
+            assert f"MEGATRIO_{key.upper()}" in text
+    codes = proc.out[proc.out.index("exit codes:") + 1 :]
+    assert [line[:4] for line in codes if not line.startswith("     ")] == ["  0 ", "  1 ", "  2 "]
+    assert "a listener could not be bound, the app's own code failed to import" in _flat(codes)
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["console"], ["tree"]])
+def test_help_texts_have_no_rest_markup(command: list[str]) -> None:
+    proc = Process([*command, "--help"])
+    assert proc.finish() == 0
+    text = "\n".join(proc.out)
+    assert not re.search(r"``|:(class|func|meth|attr|mod):", text)
+
+
+@pytest.mark.parametrize("command", [["run", "basic:Basic"], ["console", "basic:Basic"], ["tree"]])
+def test_an_unknown_flag_prints_the_usage_of_its_subcommand(command: list[str]) -> None:
+    proc = Process([*command, "--nope"])
+    assert proc.finish() == 2
+    assert proc.err[0].startswith(f"usage: megatrio {command[0]} ")
+    assert proc.err[-1] == f"megatrio {command[0]}: error: unrecognized arguments: --nope"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@MODES
+def test_host_and_port_are_one_bind(mode: list[str]) -> None:
+    port = _free_port()
+    args = ["run", "basic:Basic", "--host", "127.0.0.1", "--port", str(port), "--admin-bind", ""]
+    url = _serves_basic_then_stops(Process([*args, *mode]))
+    assert url == f"http://127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            ["--host", "0.0.0.0", "--bind", "127.0.0.1:0"],
+            "--host/--port and --bind cannot be combined: use --bind HOST:PORT",
+        ),
+        (["--port", "99999"], "command-line option --port: expected a port 0..65535, got '99999'"),
+        (["--port", "http"], "command-line option --port: expected a port 0..65535, got 'http'"),
+        (
+            ["--host", ""],
+            "command-line option --host: expected a host name or an IP address, got ''",
+        ),
+        (
+            ["--app-dir", "no/such/dir"],
+            "command-line option --app-dir: not a directory: 'no/such/dir'",
+        ),
+        (
+            ["--factory"],
+            "'basic:not_an_app' is not callable (it is builtins.int); --factory needs "
+            "a function that returns a megatrio.App",
+        ),
+    ],
+)
+@MODES
+def test_bad_serving_options_are_one_line_and_exit_two(
+    options: list[str], message: str, mode: list[str]
+) -> None:
+    target = "basic:not_an_app" if "--factory" in options else "basic:Basic"
+    proc = Process(["run", target, "--admin-bind", "", *options, *mode])
+    assert proc.finish() == 2
+    assert proc.err == [f"megatrio: error: {message}"]
+
+
+@MODES
+@pytest.mark.parametrize("target", ["basic:Basic", "./basic.py:Basic"])
+def test_app_dir_is_where_the_target_is_imported_from(
+    tmp_path: Path, target: str, mode: list[str]
+) -> None:
+    args = ["run", target, "--app-dir", str(APPS), "--bind", "127.0.0.1:0", "--admin-bind", ""]
+    _serves_basic_then_stops(Process([*args, *mode], cwd=tmp_path))
+
+
+@MODES
+def test_a_factory_is_called_for_the_app(mode: list[str]) -> None:
+    args = ["run", "basic:create_app", "--factory", "--bind", "127.0.0.1:0", "--admin-bind", ""]
+    _serves_basic_then_stops(Process([*args, *mode]))
+
+
+@MODES
+@pytest.mark.parametrize(
+    ("target", "factory", "message"),
+    [
+        (
+            "basic:create_nothing",
+            True,
+            "'basic:create_nothing' returned builtins.int, not a megatrio.App",
+        ),
+        (
+            "basic:create_app",
+            False,
+            "'basic:create_app' is not a megatrio.App (it is builtins.function); pass --factory "
+            "if it returns one",
+        ),
+    ],
+)
+def test_a_factory_target_that_gives_no_app_is_one_line_and_exit_two(
+    target: str, factory: bool, message: str, mode: list[str]
+) -> None:
+    proc = Process(["run", target, *(["--factory"] if factory else []), "--admin-bind", "", *mode])
+    assert proc.finish() == 2
+    assert proc.err == [f"megatrio: error: {message}"]
 
 
 def test_python_dash_m_and_the_console_script_agree() -> None:

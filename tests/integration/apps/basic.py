@@ -68,3 +68,13 @@ class SlowStop(Basic):
 
 
 not_an_app = 42
+
+
+def create_app() -> Basic:
+    """A --factory target."""
+    return Basic()
+
+
+def create_nothing() -> int:
+    """A --factory target that returns no App."""
+    return 42
