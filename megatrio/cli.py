@@ -56,16 +56,16 @@ class _UsageError(Exception):
     pass
 
 
-def resolve_app(target: str, *, directory: Path | None = None) -> App:
+def resolve_app(target: str, *, directory: Path | None = None, factory: bool = False) -> App:
     """Import *target* — ``module:attr`` or ``path/to/file.py:attr``, relative to *directory*
     (default: the current one) — and return the App; an App subclass is instantiated with no
-    arguments.
+    arguments, and with *factory* the attribute is called to return the App.
 
     Raises:
         AppNotFound: malformed target, module, file or attribute missing, or not an App.
         AppLoadError: the app's own code raised while importing or building it.
     """
-    return load_app(parse_target(target, app_dir=directory))
+    return load_app(parse_target(target, app_dir=directory, factory=factory))
 
 
 _EXIT_CODES = """\

@@ -296,6 +296,15 @@ def test_a_busy_port_is_one_line_naming_it_exit_one_and_nothing_served(
     assert proc.out == []
 
 
+def test_the_console_names_a_busy_port_too(busy_port: int) -> None:
+    proc = Process(["console", "basic:Basic", "--bind", f"127.0.0.1:{busy_port}"], stdin=True)
+    assert proc.proc.stdin is not None
+    proc.proc.stdin.close()
+    assert proc.finish() == 1
+    in_use = "[Errno 98] Address already in use"
+    assert proc.err == [f"megatrio: error: cannot listen on 127.0.0.1:{busy_port}: {in_use}"]
+
+
 def _bind_error(host: str) -> str:
     with socket.socket() as sock:
         try:
