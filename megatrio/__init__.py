@@ -13,6 +13,7 @@ from ._config import LogLevel as LogLevel
 from ._config import load_config as load_config
 from ._exceptions import AppNotFound as AppNotFound
 from ._exceptions import ConfigError as ConfigError
+from ._exceptions import ListenError as ListenError
 from ._exceptions import MegatrioError as MegatrioError
 from ._exceptions import RestartIntensityExceeded as RestartIntensityExceeded
 from ._exceptions import StartupFailed as StartupFailed
@@ -100,6 +101,7 @@ __all__ = (
     "Config",
     "ConfigError",
     "FileCache",
+    "ListenError",
     "LogFormat",
     "LogLevel",
     "MegatrioError",

@@ -8,6 +8,12 @@ with the rapid-crash rule (``worker_max_restarts`` crashes with less than
 primary keeps by hand — a list of crash timestamps, a grace timer to remember and cancel — is
 that supervisor's :class:`RestartWindow` and a cancel-scope deadline here.
 
+Loading: a worker tells the primary on its status pipe when it has loaded the app, and when it
+is ready. A worker that cannot load it — the target is wrong, or the app's own code raises —
+sends the report instead and exits; the primary prints it once and stops, restarting nothing,
+since every worker would fail the same way. Nothing is announced, and the admin listener is not
+served, before some worker has loaded the app.
+
 Stopping: the first SIGTERM/SIGINT closes the primary's listening sockets, sends SIGTERM to every
 worker at once, and waits for them until ``now + grace_seconds``; whoever is left is killed. The
 primary exits 0 when every worker exited within the grace, 1 otherwise. A second signal kills
@@ -17,6 +23,7 @@ by SIGKILL, the pipe reaches EOF and the worker stops.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -26,18 +33,22 @@ import signal
 import socket
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import IO
 
 import attrs
 import trio
 
 from ._config import Config, config_from_json, config_to_json
-from ._exceptions import AppNotFound, MegatrioError, RestartIntensityExceeded
+from ._exceptions import AppLoadError, AppNotFound, MegatrioError, RestartIntensityExceeded
 from ._runtime import Runtime, mega_runtime
+from ._serve import serve_app, serve_http_on
+from ._target import format_load_error, load_app, parse_target
 from .app import App
 from .nursery._child import ChildContext, current_child
 from .nursery._errors import unwrap_group
 from .services._admin import admin_app
-from .services._http import serve_http
+from .services._http import ASGIApp
 from .services._logging import configure_logging
 from .services._redact import Redactor
 from .services._sockets import bind_listeners, closing_all
@@ -66,6 +77,41 @@ class WorkerExited(MegatrioError):
         self.pid = pid
         self.returncode = returncode
         self.booted = booted
+
+
+class WorkerStatus:
+    """What a worker said on its status pipe, parsed from the bytes fed to it (sans-IO).
+
+    The pipe goes one way, worker to primary: ``loaded`` once the app is imported and built,
+    then ``ready`` once it serves; or, instead, ``failed CODE`` and then, until EOF, the
+    report to print — the worker could not load the app, and the primary should stop with
+    exit code CODE (2: the target is wrong; 1: the app's own code raised). Lines end in
+    ``\n``.
+    """
+
+    def __init__(self) -> None:
+        self.loaded = False
+        self.ready = False
+        self._buffer = b""
+        self._failed_code: int | None = None
+
+    def feed(self, data: bytes) -> None:
+        self._buffer += data
+        while self._failed_code is None and b"\n" in self._buffer:
+            line, self._buffer = self._buffer.split(b"\n", 1)
+            if line == b"loaded":
+                self.loaded = True
+            elif line == b"ready":
+                self.ready = True
+            elif line.startswith(b"failed "):
+                code = line.removeprefix(b"failed ")
+                self._failed_code = int(code) if code.isdigit() else EXIT_FATAL
+
+    def failure(self) -> tuple[int, str] | None:
+        """``(exit code, report)`` once the pipe reached EOF after ``failed``, else None."""
+        if self._failed_code is None:
+            return None
+        return self._failed_code, self._buffer.decode(errors="replace")
 
 
 def describe_exit(returncode: int) -> str:
@@ -108,13 +154,27 @@ def url_of(sock: socket.socket) -> str:
 class Cluster:
     """The primary's state: its sockets, the worker processes, and how the stop went."""
 
-    def __init__(self, target: str, config: Config, sockets: list[socket.socket]) -> None:
+    def __init__(
+        self,
+        target: str,
+        app_dir: Path,
+        config: Config,
+        sockets: list[socket.socket],
+        *,
+        factory: bool = False,
+    ) -> None:
         self.target = target
+        self.app_dir = app_dir
+        self.factory = factory
         self.config = config
         self.sockets = sockets
         self.killed = 0
         """Workers that had to be killed (grace ran out, or a second signal)."""
         self.usage_error: str | None = None
+        self.load_failure: tuple[int, str] | None = None
+        """``(exit code, report)`` from the first worker that could not load the app."""
+        self.app_loaded = trio.Event()
+        """Set once any worker has imported and built the app."""
         self.deadline: float | None = None
         """Set when the stop begins: every worker must have exited by then."""
         self.rt: Runtime | None = None
@@ -160,6 +220,31 @@ class Cluster:
             )
             raise
 
+    async def serve_admin(
+        self,
+        asgi: ASGIApp,
+        sockets: Sequence[socket.socket],
+        *,
+        task_status: trio.TaskStatus[None],
+    ) -> None:
+        """The admin listener, the primary's first child (so it is stopped last and shows the
+        workers' stop). Its socket is bound with the public ones, but it is served only once a
+        worker has loaded the app: a primary whose app cannot load never announces it."""
+        ctx = current_child()
+        assert ctx is not None
+        task_status.started()
+        async with trio.open_nursery() as gate:
+
+            async def open_on_stop() -> None:
+                await ctx.wait_stopping()
+                gate.cancel_scope.cancel()
+
+            gate.start_soon(open_on_stop)
+            await self.app_loaded.wait()
+            gate.cancel_scope.cancel()
+        if not ctx.stopping:
+            await serve_http_on(asgi, sockets, "admin", 1.0)
+
     async def stop_workers_on_stop(self, *, task_status: trio.TaskStatus[None]) -> None:
         """Started last, so stopped first: begins the stop of every worker at once."""
         ctx = current_child()
@@ -202,6 +287,8 @@ class Cluster:
                 "megatrio",
                 "worker-process",
                 self.target,
+                f"--app-dir={self.app_dir}",
+                *(["--factory"] if self.factory else []),
                 f"--index={index}",
                 f"--status-fd={status_w}",
                 f"--parent-fd={parent_r}",
@@ -225,11 +312,11 @@ class Cluster:
             ctx.started(proc.pid, up=False)
             if self.stopping:
                 self._terminate(index, proc)
-            # _wait's FdStream owns the status pipe from here, on every path.
+            # _wait owns the read end from here: its stream closes it, even when cancelled.
             status_fd, status_r = status_r, -1
-            booted = await self._wait(index, proc, status_fd, ctx)
+            status = await self._wait(index, proc, status_fd, ctx)
             if proc.returncode is not None and not ctx.stopping:
-                await self._exited_unasked(index, proc, booted, ctx)
+                await self._exited_unasked(index, proc, status, ctx)
                 return
             await self._stop(index, proc)
         finally:
@@ -248,23 +335,22 @@ class Cluster:
 
     async def _wait(
         self, index: int, proc: trio.Process, status_fd: int, ctx: ChildContext
-    ) -> bool:
-        """Wait for the process to exit or for a stop request; returns whether it was ready."""
-        ready = False
+    ) -> WorkerStatus:
+        """Wait for the process to exit or for a stop request; returns what it reported."""
+        status = WorkerStatus()
         read_done = trio.Event()
-        status = trio.lowlevel.FdStream(status_fd)
-        async with status, trio.open_nursery() as nursery:
+        pipe = trio.lowlevel.FdStream(status_fd)
+        async with pipe, trio.open_nursery() as nursery:
 
-            async def watch_ready() -> None:
-                nonlocal ready
+            async def watch_status() -> None:
                 try:
-                    data = b""
-                    while b"\n" not in data:
-                        chunk = await status.receive_some()
+                    while not status.ready:
+                        chunk = await pipe.receive_some()
                         if not chunk:
                             return
-                        data += chunk
-                    ready = True
+                        status.feed(chunk)
+                        if status.loaded:
+                            self.app_loaded.set()
                     ctx.mark_up()
                     ctx.annotate(ready=True)
                     log.info("worker %d (pid %d) ready", index, proc.pid)
@@ -276,23 +362,36 @@ class Cluster:
                 scope.cancel()
 
             with trio.CancelScope() as waiting:
-                nursery.start_soon(watch_ready)
+                nursery.start_soon(watch_status)
                 nursery.start_soon(watch_stop, waiting)
                 await proc.wait()
             if proc.returncode is not None:
-                # The pipe's only writer is gone: a "ready" it wrote is read now, then EOF.
+                # The pipe's only writer is gone: what it wrote is read now, then EOF.
                 with trio.move_on_after(1):
                     await read_done.wait()
             nursery.cancel_scope.cancel()
-        return ready
+        return status
 
     async def _exited_unasked(
-        self, index: int, proc: trio.Process, booted: bool, ctx: ChildContext
+        self, index: int, proc: trio.Process, status: WorkerStatus, ctx: ChildContext
     ) -> None:
         assert proc.returncode is not None
         if self.stopping:
-            # It answered the SIGTERM of a stop already under way: not a crash. Stay until
-            # this child's own stop request so the supervisor does not restart it.
+            # It answered the SIGTERM of a stop already under way (or another worker's load
+            # failure stopped everything): not a crash. Stay until this child's own stop
+            # request so the supervisor does not restart it.
+            await ctx.wait_stopping()
+            return
+        failure = status.failure()
+        if failure is not None:
+            # Every worker would fail the same way: no restart. The first report is printed,
+            # once; the others arrive while stopping and are dropped above.
+            self.load_failure = failure
+            sys.stderr.write(failure[1])
+            sys.stderr.flush()
+            self.begin_stop()
+            if self.rt is not None:
+                self.rt.stop()
             await ctx.wait_stopping()
             return
         if proc.returncode == EXIT_USAGE:
@@ -303,7 +402,7 @@ class Cluster:
                 self.rt.stop()
             await ctx.wait_stopping()
             return
-        raise WorkerExited(index, proc.pid, proc.returncode, booted=booted)
+        raise WorkerExited(index, proc.pid, proc.returncode, booted=status.ready)
 
     async def _stop(self, index: int, proc: trio.Process) -> None:
         self._terminate(index, proc)
@@ -324,20 +423,28 @@ class Cluster:
             log.info("worker %d (pid %d) %s", index, proc.pid, describe_exit(proc.returncode))
 
 
-async def serve_cluster(target: str, config: Config) -> int:
-    """Run the primary until stopped; returns the process exit code.
+async def serve_cluster(
+    target: str, app_dir: Path, config: Config, *, factory: bool = False
+) -> int:
+    """Run the primary for the app *target* (resolved in *app_dir* by each worker, called
+    when *factory*) until stopped; returns the process exit code.
 
-    0: every worker exited within the grace; 1: a worker had to be killed, or a fatal error
-    (the workers' supervisor gave up); 2: a worker could not load the app.
+    Every listener — the public ones the workers inherit and the primary's admin listener —
+    is bound before anything starts, and closed on every path.
+
+    Returns 0: every worker exited within the grace; 1: a worker had to be killed, a fatal
+    error (the workers' supervisor gave up), or the app's own code raised while a worker
+    loaded it; 2: a worker could not find the app (a wrong target). A load failure is
+    printed once, from the first worker that reports it, and nothing is restarted.
+
+    Raises:
+        ListenError: an address could not be bound; nothing was started.
     """
     redactor = Redactor(config.redact_keys)
-    try:
-        sockets = bind_listeners(config.bind)
-    except OSError as exc:
-        log.critical("cannot listen on %s: %s", ", ".join(config.bind), exc)
-        return EXIT_FATAL
-    cluster = Cluster(target, config, sockets)
-    with closing_all(sockets):
+    admin_binds = [config.admin_bind] if config.admin_bind else []
+    with closing_all(bind_listeners([*config.bind, *admin_binds])) as bound:
+        sockets, admin = list(bound[: len(config.bind)]), bound[len(config.bind) :]
+        cluster = Cluster(target, app_dir, config, sockets, factory=factory)
         try:
             async with mega_runtime(
                 name="primary",
@@ -346,12 +453,12 @@ async def serve_cluster(target: str, config: Config) -> int:
                 max_restarts=0,
             ) as rt:
                 cluster.rt = rt
-                if config.admin_bind:
+                if admin:
                     await rt.start_child(
                         ChildSpec(
                             "admin",
-                            serve_http,
-                            (admin_app(rt.snapshot, redactor), [config.admin_bind], "admin", 1.0),
+                            cluster.serve_admin,
+                            (admin_app(rt.snapshot, redactor), admin),
                             shutdown_seconds=1.0,
                         )
                     )
@@ -359,6 +466,9 @@ async def serve_cluster(target: str, config: Config) -> int:
                     ChildSpec("workers", cluster.run_workers, shutdown_seconds=math.inf)
                 )
                 await rt.start_child(ChildSpec("stopper", cluster.stop_workers_on_stop))
+                # Nothing is announced before the app is known to load; a load failure stops
+                # the runtime, which cancels this wait.
+                await cluster.app_loaded.wait()
                 log.info(
                     "primary (pid %d) serving %s with %d worker(s)",
                     os.getpid(),
@@ -368,6 +478,8 @@ async def serve_cluster(target: str, config: Config) -> int:
                 await trio.sleep_forever()
         except Exception:
             return EXIT_FATAL  # logged once by mega_runtime
+    if cluster.load_failure is not None:
+        return cluster.load_failure[0]
     if cluster.usage_error is not None:
         return EXIT_USAGE
     if cluster.killed:
@@ -397,11 +509,29 @@ async def _watch_primary(parent_fd: int, app: App, *, task_status: trio.TaskStat
         nursery.cancel_scope.cancel()
 
 
+def _tell(status: IO[bytes], message: bytes) -> None:
+    # The primary may be gone already; then the parent pipe stops this worker anyway.
+    with contextlib.suppress(OSError):
+        status.write(message)
+
+
+def _report_load_failure(status: IO[bytes], code: int, report: str) -> int:
+    """Hand *report* to the primary, which prints it once for all workers; exit *code*."""
+    _tell(status, f"failed {code}\n".encode() + report.encode())
+    status.close()
+    return code
+
+
 def worker_process_main(
-    target: str, index: int, status_fd: int, parent_fd: int, listen_fds: list[int]
+    target: str,
+    app_dir: Path,
+    factory: bool,
+    index: int,
+    status_fd: int,
+    parent_fd: int,
+    listen_fds: list[int],
 ) -> int:
     """Entry of ``megatrio worker-process``: serve the app on inherited sockets."""
-    from .cli import resolve_app  # the primary never imports the app; only workers do
 
     source = f"environment variable {CONFIG_ENV}"
     config = config_from_json(os.environ.get(CONFIG_ENV, "{}"), source)
@@ -414,16 +544,17 @@ def worker_process_main(
         redact_keys=config.redact_keys,
         static_fields={"worker": index, "pid": os.getpid()},
     )
+    status = os.fdopen(status_fd, "wb", buffering=0)
     try:
-        app = resolve_app(target)
+        # The primary never imports the app; only workers do.
+        app = load_app(parse_target(target, app_dir=app_dir, factory=factory))
     except AppNotFound as exc:
-        print(f"megatrio: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except Exception:
-        log.critical("worker %d: loading %s failed", index, target, exc_info=True)
-        return EXIT_FATAL
+        return _report_load_failure(status, EXIT_USAGE, f"megatrio: error: {exc}\n")
+    except AppLoadError as exc:
+        report = format_load_error(exc, Redactor(config.redact_keys))
+        return _report_load_failure(status, EXIT_FATAL, report)
+    _tell(status, b"loaded\n")
 
-    from ._serve import serve_app
     from .cli import _freeze_startup_objects
 
     _freeze_startup_objects()
@@ -439,8 +570,8 @@ def worker_process_main(
                     extra_children=[ChildSpec("primary-watch", _watch_primary, (parent_fd, app))],
                 )
             )
-            with os.fdopen(status_fd, "wb") as status:
-                status.write(b"ready\n")
+            _tell(status, b"ready\n")
+            status.close()
 
     try:
         trio.run(main)

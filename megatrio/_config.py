@@ -9,7 +9,10 @@ Sources, later ones winning:
 3. command-line flags.
 
 Unknown keys and bad values are rejected before anything starts, with the source (file or
-variable), the key and what was expected in the message.
+variable), the key and what was expected in the message. The one exception is a
+``MEGATRIO_*`` variable that names no setting: it is ignored (the CLI warns once, see
+:func:`unknown_environment_variables`), because the environment is not only ours — Kubernetes
+sets ``MEGATRIO_PORT``, ``MEGATRIO_SERVICE_HOST``, ... for a Service named megatrio.
 """
 
 from __future__ import annotations
@@ -68,11 +71,16 @@ def parse_address(text: str) -> tuple[str, int]:
     port = int(port_text)
     if not 0 <= port <= 65535:
         raise ValueError(f"port must be 0..65535, got {port} in {text!r}")
-    if host.startswith("["):
-        if not host.endswith("]"):
+    if host.startswith("[") or host.endswith("]"):
+        if not (host.startswith("[") and host.endswith("]")):
             raise ValueError(f"expected [IPV6]:PORT, got {text!r}")
         host = host[1:-1]
-        ipaddress.IPv6Address(host)
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(
+                f"expected [IPV6]:PORT, but {host!r} is not an IPv6 address in {text!r}"
+            ) from None
     return host, port
 
 
@@ -287,6 +295,17 @@ def _caches(value: Any, from_text: bool) -> dict[str, CacheConfig]:
     return caches
 
 
+def _with_default_cache(value: Any) -> Any:
+    """*value* with the implicit memory ``default`` cache first, unless it defines its own.
+
+    ``app.cache()`` means ``app.cache("default")``: declaring ``[cache.pages]`` must not take
+    that away. Anything but a table is passed on for validation to reject.
+    """
+    if isinstance(value, dict) and "default" not in value:
+        return {"default": CacheConfig(), **value}
+    return value
+
+
 @attrs.frozen(kw_only=True)
 class Config:
     """Everything ``megatrio run`` reads. Build it with :func:`load_config`."""
@@ -353,7 +372,8 @@ class Config:
     )
     cache: dict[str, CacheConfig] = attrs.field(
         factory=lambda: {"default": CacheConfig()},
-        metadata=_meta(_caches, "[cache.ALIAS] tables; default: one memory cache"),
+        converter=_with_default_cache,
+        metadata=_meta(_caches, "[cache.ALIAS] tables; 'default' (memory) is always there"),
     )
     nonce_driver: NonceDriverKind = attrs.field(
         default=NonceDriverKind.MEMORY, metadata=_meta(_enum(NonceDriverKind), "memory|redis")
@@ -451,6 +471,30 @@ def _parse(source: str, key: str, value: Any, *, from_text: bool) -> Any:
         raise ConfigError(f"{source}: key {key!r}: {exc}") from None
 
 
+def _setting_of(name: str) -> str | None:
+    """The config key the environment variable *name* sets, or None if it sets none."""
+    if not name.startswith(ENV_PREFIX) or name.startswith(INTERNAL_ENV_PREFIX):
+        return None
+    key = name[len(ENV_PREFIX) :].lower()
+    return key if key in attrs.fields_dict(Config) else None
+
+
+def unknown_environment_variables(environ: Mapping[str, str] | None = None) -> tuple[str, ...]:
+    """The ``MEGATRIO_*`` variables in *environ* (default: ``os.environ``) that name no setting,
+    sorted — what :func:`load_config` ignores. ``MEGATRIO__*`` variables (megatrio's own, for
+    its child processes) are not listed."""
+    environ = os.environ if environ is None else environ
+    return tuple(
+        sorted(
+            name
+            for name in environ
+            if name.startswith(ENV_PREFIX)
+            and not name.startswith(INTERNAL_ENV_PREFIX)
+            and _setting_of(name) is None
+        )
+    )
+
+
 def _read_toml(path: Path) -> tuple[str, Mapping[str, Any]]:
     try:
         with path.open("rb") as f:
@@ -496,6 +540,8 @@ def load_config(
     """Build the :class:`Config` from a file, the environment and *overrides* (CLI flags).
 
     With no *path*, looks for a config file in *directory* (default: the current one).
+    ``MEGATRIO_*`` variables that name no setting are ignored (see
+    :func:`unknown_environment_variables`); a known one with a bad value is an error.
 
     Raises:
         ConfigError: a file is missing or invalid, a key is unknown, or a value is bad; the
@@ -510,10 +556,9 @@ def load_config(
         for key, value in table.items():
             values[key] = _parse(source, key, value, from_text=False)
     for name, text in environ.items():
-        if not name.startswith(ENV_PREFIX) or name.startswith(INTERNAL_ENV_PREFIX):
-            continue
-        key = name[len(ENV_PREFIX) :].lower()
-        values[key] = _parse(f"environment variable {name}", key, text, from_text=True)
+        setting = _setting_of(name)
+        if setting is not None:
+            values[setting] = _parse(f"environment variable {name}", setting, text, from_text=True)
     for key, value in (overrides or {}).items():
         if value is not None:
             values[key] = _parse(

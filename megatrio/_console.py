@@ -20,8 +20,10 @@ from typing import Any
 import trio
 
 from ._config import Config
+from ._exceptions import ListenError
 from ._serve import Serving, serve_app
 from .app import App
+from .nursery._errors import unwrap_group
 
 log = logging.getLogger("megatrio.console")
 
@@ -52,7 +54,11 @@ class _TrioConsole(code.InteractiveConsole):
 
 
 def run_console(app: App, config: Config) -> int:
-    """Serve *app* in a trio thread and run a REPL on this thread; returns the exit code."""
+    """Serve *app* in a trio thread and run a REPL on this thread; returns the exit code.
+
+    Raises:
+        ListenError: an address could not be bound (nothing was started).
+    """
     ready = threading.Event()
     state: dict[str, Any] = {}
 
@@ -80,6 +86,9 @@ def run_console(app: App, config: Config) -> int:
     ready.wait()
     if "serving" not in state:
         thread.join()
+        error = unwrap_group(state.get("error") or Exception())
+        if isinstance(error, ListenError):
+            raise error
         return 1
     namespace = {"rt": app.rt, "app": app, "trio": trio, "__name__": "__console__"}
     console = _TrioConsole(namespace, state["token"])

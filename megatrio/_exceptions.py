@@ -52,3 +52,36 @@ class ConfigError(MegatrioError, ValueError):
 class AppNotFound(MegatrioError):
     """``megatrio run module:attr`` named a module or attribute that does not exist, or an
     object that is not a :class:`megatrio.App`."""
+
+
+class AppLoadError(MegatrioError):
+    """The app's own code raised while megatrio imported its module or built the App: an
+    import or syntax error in the module, or its constructor, ``setup()`` or factory raised.
+
+    Raised by ``megatrio run`` and ``megatrio console`` before anything starts. The app's
+    exception is the ``__cause__``; :attr:`target` is the target as given.
+    """
+
+    def __init__(self, target: str, error: BaseException) -> None:
+        text = str(error)
+        reason = f"{type(error).__name__}: {text}" if text else type(error).__name__
+        super().__init__(f"cannot load {target!r}: {reason}")
+        self.target = target
+
+
+class ListenError(MegatrioError, OSError):
+    """A listening socket could not be bound: the address is in use, its host does not resolve
+    or is not on this machine, permission was denied, ...
+
+    Raised by :func:`megatrio.serve_app` (and ``megatrio run``) before anything starts, so no
+    listener is ever served while another could not be bound. :attr:`address` is the bind
+    string as configured; the OS error is the ``__cause__``, and ``errno`` is its errno.
+    """
+
+    def __init__(self, address: str, error: OSError) -> None:
+        super().__init__(error.errno, error.strerror)
+        self.address = address
+        self._reason = str(error)
+
+    def __str__(self) -> str:
+        return f"cannot listen on {self.address}: {self._reason}"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
+import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,9 +17,11 @@ from ._config import Config, is_loopback, parse_address
 from ._runtime import Runtime, mega_runtime
 from ._stores import open_stores
 from .app import App
+from .nursery._child import ChildContext, current_child
 from .services._admin import admin_app
-from .services._http import HttpOptions, health_front, serve_http
+from .services._http import ASGIApp, HttpOptions, health_front, serve_http
 from .services._redact import Redactor
+from .services._sockets import bind_listeners, closing_all
 from .supervisor import ChildSpec
 
 log = logging.getLogger("megatrio.serve")
@@ -72,59 +76,113 @@ async def serve_app(
 ) -> None:
     """Serve *app* under a runtime until stopped (signal, ``app.rt.stop()``) or a fatal error.
 
+    Every listener — ``config.bind`` and ``config.admin_bind`` — is bound first, before the
+    runtime starts: an address that cannot be used fails the whole start, before any store
+    opens and before any listener is announced or served. The sockets are closed on every path.
+
     Start order: the configured stores (Redis, caches with their cleaners, the nonce store;
     see :func:`~megatrio._stores.open_stores`), ``app.on_start(rt)``, the public HTTP
     listener, the admin listener (if ``config.admin_bind``), then ``app.children()`` and
     *extra_children*. Reports started with the bound addresses once all are ready. Stops in
     reverse, then ``app.on_stop(rt)``, then resources.
 
-    Raises whatever :func:`mega_runtime` raises for a fatal error (already logged).
+    Raises:
+        ListenError: an address could not be bound; nothing was started (not logged).
+        Exception: whatever :func:`mega_runtime` raises for a fatal error (already logged).
     """
     redactor = Redactor(config.redact_keys)
     if config.admin_bind:
         host, _ = parse_address(config.admin_bind)
         if not is_loopback(host):
             log.warning("admin listener %s is not on loopback: it exposes internals", host)
-    async with mega_runtime(
-        name=app.name,
-        grace_seconds=config.grace_seconds,
-        handle_signals=handle_signals,
-        max_restarts=config.max_restarts,
-        period_seconds=config.period_seconds,
-    ) as rt:
-        app._attach(rt)
-        rt.push_async_callback(_detach, app)
-        readiness = _Readiness(rt)
-        await open_stores(rt, config)
-        await app.on_start(rt)
-        rt.push_async_callback(app.on_stop, rt)
-        front = health_front(app.asgi(), readiness)
-        binds = (*config.bind, f"unix:{config.uds}") if config.uds else config.bind
-        http_urls = await rt.start_child(
-            ChildSpec(
-                "http",
-                functools.partial(serve_http, options=http_options(config)),
-                (front, binds, "http", config.grace_seconds),
-                shutdown_seconds=config.grace_seconds,
-            )
-        )
-        admin_urls: object = []
-        if config.admin_bind:
-            admin_urls = await rt.start_child(
+    public_binds = [*config.bind, f"unix:{config.uds}"] if config.uds else list(config.bind)
+    admin_binds = [config.admin_bind] if config.admin_bind else []
+    # Every listener is bound before anything starts or is announced.
+    with closing_all(bind_listeners([*public_binds, *admin_binds])) as sockets:
+        public, admin = sockets[: len(public_binds)], sockets[len(public_binds) :]
+        async with mega_runtime(
+            name=app.name,
+            grace_seconds=config.grace_seconds,
+            handle_signals=handle_signals,
+            max_restarts=config.max_restarts,
+            period_seconds=config.period_seconds,
+        ) as rt:
+            app._attach(rt)
+            rt.push_async_callback(_detach, app)
+            readiness = _Readiness(rt)
+            await open_stores(rt, config)
+            await app.on_start(rt)
+            rt.push_async_callback(app.on_stop, rt)
+            front = health_front(app.asgi(), readiness)
+            http_urls = await rt.start_child(
                 ChildSpec(
-                    "admin",
-                    serve_http,
-                    (admin_app(rt.snapshot, redactor), [config.admin_bind], "admin", 1.0),
-                    shutdown_seconds=1.0,
+                    "http",
+                    functools.partial(serve_http_on, options=http_options(config)),
+                    (front, public, "http", config.grace_seconds),
+                    shutdown_seconds=config.grace_seconds,
                 )
             )
-        for spec in (*app.children(), *extra_children):
-            await rt.start_child(spec)
-        readiness.started = True
-        assert isinstance(http_urls, list)
-        assert isinstance(admin_urls, list)
-        task_status.started(Serving(tuple(http_urls), tuple(admin_urls)))
-        await anyio.sleep_forever()
+            admin_urls: object = []
+            if admin:
+                admin_urls = await rt.start_child(
+                    ChildSpec(
+                        "admin",
+                        serve_http_on,
+                        (admin_app(rt.snapshot, redactor), admin, "admin", 1.0),
+                        shutdown_seconds=1.0,
+                    )
+                )
+            for spec in (*app.children(), *extra_children):
+                await rt.start_child(spec)
+            readiness.started = True
+            assert isinstance(http_urls, list)
+            assert isinstance(admin_urls, list)
+            task_status.started(Serving(tuple(http_urls), tuple(admin_urls)))
+            await anyio.sleep_forever()
+
+
+async def serve_http_on(
+    asgi: ASGIApp,
+    sockets: Sequence[socket.socket],
+    label: str,
+    graceful_seconds: float,
+    *,
+    options: HttpOptions | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """:func:`serve_http` (with *options*) on listening *sockets* that the caller bound, keeps
+    and closes.
+
+    Each run serves on duplicates of the sockets, which it owns and closes, so a restarted
+    child serves on the same addresses without binding again. Reports started with the bound
+    URLs, as :func:`serve_http` does. Once this child is asked to stop, the caller's sockets
+    are closed too: the listening then ends when the server closes its duplicates, and new
+    connections are refused during the drain instead of queueing unserved.
+    """
+    ctx = current_child()
+    fds: list[int] = []
+    try:
+        for sock in sockets:
+            fds.append(os.dup(sock.fileno()))
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    # From here serve_http owns the duplicates: it wraps each fd:// in a socket it closes.
+    binds = [f"fd://{fd}" for fd in fds]
+    async with trio.open_nursery() as nursery:
+        if ctx is not None:
+            nursery.start_soon(_close_when_stopping, ctx, sockets)
+        await serve_http(
+            asgi, binds, label, graceful_seconds, options=options, task_status=task_status
+        )
+        nursery.cancel_scope.cancel()
+
+
+async def _close_when_stopping(ctx: ChildContext, sockets: Sequence[socket.socket]) -> None:
+    await ctx.wait_stopping()
+    for sock in sockets:
+        sock.close()
 
 
 def http_options(config: Config) -> HttpOptions:

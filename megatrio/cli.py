@@ -1,18 +1,26 @@
 """The ``megatrio`` command: ``run``, ``console`` and ``tree``.
 
-Exit codes: 0 after a graceful stop, 1 after a fatal error, 2 for usage or configuration
-errors (a one-line message naming what was wrong, no traceback).
+Exit codes of ``megatrio run`` (and ``console``, ``tree``):
+
+- 0: a graceful stop (with ``--workers``: every worker exited within the grace);
+- 1: a fatal error — a listener could not be bound, the app's own code failed while it was
+  imported or built, a child crashed past its restart intensity, ``on_start`` raised, a
+  worker had to be killed, ``tree`` found no admin listener;
+- 2: a usage or configuration error: one line naming what was wrong (the option, the file or
+  variable and key, the module or attribute), no traceback.
+
+Other codes are reserved for future use.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
-import importlib
-import importlib.util
 import json
 import logging
 import sys
+import textwrap
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -21,11 +29,21 @@ from typing import Any, NoReturn
 
 import trio
 
-from ._config import Config, load_config
-from ._exceptions import AppNotFound, ConfigError
+from ._config import (
+    Config,
+    LogFormat,
+    LogLevel,
+    config_keys,
+    load_config,
+    parse_address,
+    unknown_environment_variables,
+)
+from ._exceptions import AppLoadError, AppNotFound, ConfigError, ListenError
+from ._target import AppTarget, check_target, format_load_error, load_app, parse_target
 from .app import App
 from .services._admin import TREE_PATH
 from .services._logging import configure_logging
+from .services._redact import Redactor
 
 EXIT_OK = 0
 EXIT_FATAL = 1
@@ -38,98 +56,228 @@ class _UsageError(Exception):
     pass
 
 
-def resolve_app(target: str, *, directory: Path | None = None) -> App:
-    """Import ``module:attr`` (module relative to *directory*, default cwd) and return the App.
-
-    An App subclass is instantiated with no arguments.
+def resolve_app(target: str, *, directory: Path | None = None, factory: bool = False) -> App:
+    """Import *target* — ``module:attr`` or ``path/to/file.py:attr``, relative to *directory*
+    (default: the current one) — and return the App; an App subclass is instantiated with no
+    arguments, and with *factory* the attribute is called to return the App.
 
     Raises:
-        AppNotFound: malformed target, module or attribute missing, or not an App.
+        AppNotFound: malformed target, module, file or attribute missing, or not an App.
+        AppLoadError: the app's own code raised while importing or building it.
     """
-    module_name, sep, attr_path = target.partition(":")
-    if not sep or not module_name or not attr_path:
-        raise AppNotFound(f"expected MODULE:ATTRIBUTE (like app:App), got {target!r}")
-    search = str((directory or Path.cwd()).resolve())
-    if search not in sys.path:
-        sys.path.insert(0, search)
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        missing = exc.name or ""
-        if missing == module_name or module_name.startswith(missing + "."):
-            raise AppNotFound(f"module {module_name!r} not found (searched {search})") from None
-        raise
-    obj: Any = module
-    for part in attr_path.split("."):
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            raise AppNotFound(f"module {module_name!r} has no attribute {attr_path!r}") from None
-    if isinstance(obj, type) and issubclass(obj, App):
-        obj = obj()
-    if not isinstance(obj, App):
-        raise AppNotFound(
-            f"{target!r} is not a megatrio.App (it is {type(obj).__module__}."
-            f"{type(obj).__qualname__})"
-        )
-    return obj
+    return load_app(parse_target(target, app_dir=directory, factory=factory))
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="megatrio", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+_EXIT_CODES = """\
+exit codes:
+  0  graceful stop (with --workers: every worker exited within the grace)
+  1  fatal error: a listener could not be bound, the app's own code failed to
+     import or build, a child crashed past its restart intensity, on_start
+     raised, a worker had to be killed
+  2  usage or configuration error (one line naming what was wrong)"""
 
-    def add_serving_options(p: argparse.ArgumentParser) -> None:
-        p.add_argument("target", metavar="MODULE:ATTR", help="the App, e.g. app:App")
-        p.add_argument("--config", type=Path, help="TOML file (default: ./megatrio.toml)")
+_DEFAULTS = Config()
+_DEFAULT_HOST, _DEFAULT_PORT = parse_address(_DEFAULTS.bind[0])
+
+
+def _environment_help() -> str:
+    names = [f"MEGATRIO_{key.upper()}" for key in config_keys() if key != "cache"]
+    lines = textwrap.wrap(", ".join(names), width=76)
+    listed = "\n".join(f"     {line}" for line in lines)
+    return (
+        "configuration, later sources winning (file < environment < options):\n"
+        "  1. megatrio.toml in the current directory, or [tool.megatrio] in\n"
+        "     pyproject.toml there, or the file given with --config\n"
+        "  2. MEGATRIO_<KEY> environment variables (lists comma-separated):\n"
+        f"{listed}\n"
+        "  3. the options above; defaults shown are those without a file or variable"
+    )
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose unrecognized arguments are reported with the usage of the
+    subcommand they were given to, not the top-level one."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.subcommands: dict[str, argparse.ArgumentParser] = {}
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: None = None
+    ) -> argparse.Namespace:
+        parsed, extras = self.parse_known_args(args)
+        if extras:
+            parser = self.subcommands.get(getattr(parsed, "command", None) or "", self)
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+
+def _parser() -> _Parser:
+    from . import __version__
+
+    parser = _Parser(
+        prog="megatrio",
+        description="megatrio: serve an App as a supervised tree of trio tasks.",
+        epilog=_EXIT_CODES,
+    )
+    parser.add_argument("--version", action="version", version=f"megatrio {__version__}")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+    levels = ", ".join(level.value for level in LogLevel)
+    formats = ", ".join(fmt.value for fmt in LogFormat)
+
+    def add_serving_options(p: argparse.ArgumentParser, *, workers_help: str) -> None:
         p.add_argument(
-            "--bind", action="append", metavar="HOST:PORT", help="public listener (repeatable)"
+            "target",
+            metavar="MODULE:ATTR",
+            help="the App: an App object or subclass (app:app, app:Shop), or with --factory "
+            "a function returning one; MODULE may be a file path (./app.py:app)",
         )
-        p.add_argument("--admin-bind", metavar="HOST:PORT", help="admin listener ('' disables)")
-        p.add_argument("--grace-seconds", metavar="SECONDS", help="bound on a graceful stop")
-        p.add_argument("--uds", metavar="PATH", help="also listen on a Unix domain socket")
+        p.add_argument(
+            "--config",
+            type=Path,
+            metavar="FILE",
+            help="TOML file (default: ./megatrio.toml, else [tool.megatrio] in ./pyproject.toml)",
+        )
+        p.add_argument(
+            "--bind",
+            action="append",
+            metavar="HOST:PORT",
+            help="public listener, repeatable; [V6]:PORT for IPv6, port 0 for any free port "
+            f"(default: {', '.join(_DEFAULTS.bind)})",
+        )
+        p.add_argument(
+            "--host",
+            metavar="HOST",
+            help=f"with --port, the same as --bind HOST:PORT (default: {_DEFAULT_HOST})",
+        )
+        p.add_argument(
+            "--port",
+            metavar="PORT",
+            help=f"with --host, the same as --bind HOST:PORT (default: {_DEFAULT_PORT})",
+        )
+        p.add_argument(
+            "--admin-bind",
+            metavar="HOST:PORT",
+            help="admin listener (/_megatrio/tree); '' disables it "
+            f"(default: {_DEFAULTS.admin_bind})",
+        )
+        p.add_argument(
+            "--grace-seconds",
+            metavar="SECONDS",
+            help=f"bound on a graceful stop (default: {_DEFAULTS.grace_seconds:g})",
+        )
+        p.add_argument(
+            "--uds",
+            metavar="PATH",
+            help="also listen on a Unix domain socket at PATH (default: none)",
+        )
         p.add_argument(
             "--keep-alive-timeout-seconds",
             metavar="SECONDS",
-            help="close idle keep-alive connections after this (default 5)",
+            help="close idle keep-alive connections after this long "
+            f"(default: {_DEFAULTS.keep_alive_timeout_seconds:g})",
         )
         p.add_argument(
             "--max-concurrent-connections",
             metavar="N",
-            help="answer 503 past this many connections (default 0: no limit)",
+            help="answer 503 past this many connections; 0: no limit "
+            f"(default: {_DEFAULTS.max_concurrent_connections})",
         )
-        p.add_argument("--root-path", metavar="PATH", help="path prefix the app is mounted under")
+        p.add_argument(
+            "--root-path",
+            metavar="PATH",
+            help="path prefix the app is mounted under behind a proxy (default: none)",
+        )
         p.add_argument(
             "--forwarded-allow-ips",
             metavar="IPS",
-            help="comma-separated proxies (IPs, networks, '*', 'unix') trusted for X-Forwarded-*",
+            help="comma-separated proxies (IPs, networks, '*', 'unix') whose X-Forwarded-For "
+            "and X-Forwarded-Proto are trusted (default: none)",
         )
-        p.add_argument("--certfile", metavar="FILE", help="TLS certificate chain (PEM)")
-        p.add_argument("--keyfile", metavar="FILE", help="TLS private key (PEM)")
-        p.add_argument("--workers", metavar="N", help="worker processes under a primary")
-        p.add_argument("--log-level", metavar="LEVEL", help="debug, info, warning, error")
-        p.add_argument("--log-format", metavar="FORMAT", help="auto, json or console")
+        p.add_argument(
+            "--certfile", metavar="FILE", help="TLS certificate chain, PEM (default: none)"
+        )
+        p.add_argument("--keyfile", metavar="FILE", help="TLS private key, PEM (default: none)")
+        p.add_argument(
+            "--workers",
+            metavar="N",
+            help=f"{workers_help} (default: {_DEFAULTS.workers})",
+        )
+        p.add_argument(
+            "--log-level",
+            metavar="LEVEL",
+            help=f"one of {levels} (default: {_DEFAULTS.log_level.value})",
+        )
+        p.add_argument(
+            "--log-format",
+            metavar="FORMAT",
+            help=f"one of {formats}; auto is json when stdout is not a terminal "
+            f"(default: {_DEFAULTS.log_format.value})",
+        )
+        p.add_argument(
+            "--app-dir",
+            type=Path,
+            metavar="DIR",
+            help="directory MODULE is imported from, and a file path in it is relative to "
+            "(default: the current directory)",
+        )
+        p.add_argument(
+            "--factory",
+            action="store_true",
+            help="ATTR is a function returning the App, called with no arguments "
+            "(like app:create_app) (default: off)",
+        )
 
-    add_serving_options(commands.add_parser("run", help="serve an App"))
-    add_serving_options(
-        commands.add_parser("console", help="serve an App with a REPL (rt and app in scope)")
+    run = commands.add_parser(
+        "run",
+        help="serve an App",
+        description="Serve an App until SIGTERM or SIGINT (a second one stops at once).",
+        epilog=f"{_environment_help()}\n\n{_EXIT_CODES}",
     )
+    add_serving_options(run, workers_help="worker processes under a supervising primary")
+    console = commands.add_parser(
+        "console",
+        help="serve an App with a REPL (rt and app in scope)",
+        description="Serve an App in this process and open a REPL with rt and app in scope "
+        "and top-level await. Ctrl-D stops the app.",
+        epilog=f"{_environment_help()}\n\n{_EXIT_CODES}",
+    )
+    add_serving_options(console, workers_help="only 1: the console serves one process")
     worker = commands.add_parser("worker-process")  # started by a primary, not by people
     worker.add_argument("target")
+    worker.add_argument("--app-dir", type=Path, required=True)
+    worker.add_argument("--factory", action="store_true")
     worker.add_argument("--index", type=int, required=True)
     worker.add_argument("--status-fd", type=int, required=True)
     worker.add_argument("--parent-fd", type=int, required=True)
     worker.add_argument("--listen-fd", type=int, action="append", default=[])
-    tree = commands.add_parser("tree", help="print the live supervision tree of a running app")
-    tree.add_argument("--admin", metavar="HOST:PORT", help="admin listener (default: config)")
-    tree.add_argument("--config", type=Path, help="TOML file to read admin_bind from")
+    tree = commands.add_parser(
+        "tree",
+        help="print the live supervision tree of a running app",
+        description="Print the live supervision tree of a running app, from its admin listener.",
+    )
+    tree.add_argument(
+        "--admin", metavar="HOST:PORT", help="admin listener (default: admin_bind from the config)"
+    )
+    tree.add_argument(
+        "--config", type=Path, metavar="FILE", help="TOML file to read admin_bind from"
+    )
     tree.add_argument("--json", action="store_true", help="print JSON instead of a tree")
+    parser.subcommands.update(run=run, console=console, **{"worker-process": worker}, tree=tree)
     return parser
 
 
 def _config_from(args: argparse.Namespace) -> Config:
+    bind = ",".join(args.bind) if args.bind else None
+    if args.host is not None or args.port is not None:
+        if args.bind:
+            _fail("--host/--port and --bind cannot be combined: use --bind HOST:PORT")
+        bind = _host_port(args.host, args.port)
     overrides = {
-        "bind": ",".join(args.bind) if args.bind else None,
+        "bind": bind,
         "admin_bind": args.admin_bind,
         "grace_seconds": args.grace_seconds,
         "uds": args.uds,
@@ -146,6 +294,61 @@ def _config_from(args: argparse.Namespace) -> Config:
     return load_config(path=args.config, overrides=overrides)
 
 
+def _host_port(host: str | None, port: str | None) -> str:
+    """``--host``/``--port`` as the one bind address they stand for (uvicorn's options)."""
+    port_text = str(_DEFAULT_PORT) if port is None else port
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        _fail(f"command-line option --port: expected a port 0..65535, got {port_text!r}")
+    host = _DEFAULT_HOST if host is None else host
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    address = f"{host}:{port_text}"
+    try:
+        parse_address(address)
+    except ValueError:
+        _fail(f"command-line option --host: expected a host name or an IP address, got {host!r}")
+    return address
+
+
+def _target_from(args: argparse.Namespace) -> tuple[AppTarget, Path]:
+    """The target and the directory it is resolved in (``--app-dir``, default the cwd)."""
+    app_dir = Path.cwd() if args.app_dir is None else args.app_dir
+    if not app_dir.is_dir():
+        _fail(f"command-line option --app-dir: not a directory: {str(app_dir)!r}")
+    app_dir = app_dir.resolve()
+    return parse_target(args.target, app_dir=app_dir, factory=args.factory), app_dir
+
+
+def _configure_logging(config: Config, **options: Any) -> None:
+    """Install the log handler, then say once which ``MEGATRIO_*`` variables were ignored."""
+    configure_logging(
+        level=config.log_level.number,
+        fmt=config.log_format,
+        redact_keys=config.redact_keys,
+        **options,
+    )
+    unknown = unknown_environment_variables()
+    if unknown:
+        log.warning(
+            "ignoring environment variables that name no megatrio setting: %s",
+            ", ".join(unknown),
+        )
+
+
+def _load_app(target: AppTarget, config: Config) -> App | None:
+    """The app, or None after printing why the app's own code failed to load (on stderr: its
+    frames' traceback, then one line).
+
+    Raises:
+        AppNotFound: the target itself is wrong.
+    """
+    try:
+        return load_app(target)
+    except AppLoadError as exc:
+        sys.stderr.write(format_load_error(exc, Redactor(config.redact_keys)))
+        return None
+
+
 def _freeze_startup_objects() -> None:
     """Move everything allocated so far (modules, the app) out of the cyclic GC's reach.
 
@@ -157,20 +360,6 @@ def _freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def _check_module(target: str) -> None:
-    """Without importing it: the module of *target* exists (the primary never imports the app;
-    a missing attribute shows up as workers exiting with code 2)."""
-    module_name, sep, attr = target.partition(":")
-    if not sep or not module_name or not attr:
-        raise AppNotFound(f"expected MODULE:ATTRIBUTE (like app:App), got {target!r}")
-    search = str(Path.cwd().resolve())
-    if search not in sys.path:
-        sys.path.insert(0, search)
-    top = module_name.split(".")[0]
-    if importlib.util.find_spec(top) is None:
-        raise AppNotFound(f"module {module_name!r} not found (searched {search})")
-
-
 def _fail(message: str) -> NoReturn:
     raise _UsageError(message)
 
@@ -179,26 +368,24 @@ def _run(args: argparse.Namespace) -> int:
     from ._serve import serve_app
 
     config = _config_from(args)
-    configure_logging(
-        level=config.log_level.number, fmt=config.log_format, redact_keys=config.redact_keys
-    )
+    target, app_dir = _target_from(args)
+    _configure_logging(config)
     if config.workers > 1:
         from ._cluster import serve_cluster
 
-        _check_module(args.target)
+        check_target(target)
         _freeze_startup_objects()
-        return trio.run(serve_cluster, args.target, config)
-    try:
-        app = resolve_app(args.target)
-    except AppNotFound:
-        raise
-    except Exception:
-        # The app's own code raised while importing or constructing: its traceback matters.
-        log.critical("loading %s failed", args.target, exc_info=True)
+        return trio.run(
+            functools.partial(serve_cluster, args.target, app_dir, config, factory=args.factory)
+        )
+    app = _load_app(target, config)
+    if app is None:
         return EXIT_FATAL
     _freeze_startup_objects()
     try:
         trio.run(serve_app, app, config)
+    except ListenError:
+        raise
     except Exception:
         return EXIT_FATAL  # mega_runtime logged it once, with its traceback
     return EXIT_OK
@@ -208,19 +395,29 @@ def _console(args: argparse.Namespace) -> int:
     from ._console import run_console
 
     config = _config_from(args)
-    configure_logging(
-        level=config.log_level.number,
-        fmt=config.log_format,
-        redact_keys=config.redact_keys,
-        stream=sys.stderr,
-    )
-    app = resolve_app(args.target)
+    if config.workers > 1 and args.workers is not None:
+        _fail(f"the console serves one process: --workers {args.workers} is for megatrio run")
+    target, _ = _target_from(args)
+    _configure_logging(config, stream=sys.stderr)
+    if config.workers > 1:
+        log.warning(
+            "the console serves one process: workers = %d from the configuration is ignored",
+            config.workers,
+        )
+    app = _load_app(target, config)
+    if app is None:
+        return EXIT_FATAL
     return run_console(app, config)
 
 
 def _tree(args: argparse.Namespace) -> int:
     address = args.admin
-    if address is None:
+    if address is not None:
+        try:
+            parse_address(address)
+        except ValueError as exc:
+            _fail(f"command-line option --admin: {exc}")
+    else:
         address = load_config(path=args.config).admin_bind
         if not address:
             _fail("admin_bind is disabled in the config; pass --admin HOST:PORT")
@@ -250,12 +447,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             from ._cluster import worker_process_main
 
             return worker_process_main(
-                args.target, args.index, args.status_fd, args.parent_fd, args.listen_fd
+                args.target,
+                args.app_dir,
+                args.factory,
+                args.index,
+                args.status_fd,
+                args.parent_fd,
+                args.listen_fd,
             )
         return _tree(args)
     except (ConfigError, AppNotFound, _UsageError) as exc:
         print(f"megatrio: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except ListenError as exc:
+        print(f"megatrio: error: {exc}", file=sys.stderr)
+        return EXIT_FATAL
 
 
 def entry_point() -> NoReturn:

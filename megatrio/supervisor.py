@@ -32,6 +32,7 @@ from typing import Any, final
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import attrs
 
 from ._exceptions import RestartIntensityExceeded, StartupFailed, SupervisorNotRunning
@@ -556,12 +557,9 @@ class Supervisor:
             elif kind is CancelAt:
                 incarnation = run.live.get(action.name)
                 if incarnation is not None and incarnation.number == action.incarnation:
-                    # A child that never looked at its stop signal cannot hear it: waiting
-                    # out its grace would only delay every child stopped after it.
-                    deadline = action.deadline
-                    if not incarnation.listened and deadline != math.inf:
-                        deadline = -math.inf
-                    incarnation.cancel_at(deadline)
+                    incarnation.cancel_at(action.deadline)
+                    if not incarnation.listened and -math.inf < action.deadline < math.inf:
+                        run.spawn(_cancel_if_deaf, incarnation)
             elif kind is Exited:
                 self._log_exit(run, action)
             elif kind is StartResolved:
@@ -718,6 +716,16 @@ class Supervisor:
         count = 0 if self._core is None else len(self._core.children())
         state = "not running" if run is None else self._state_word()
         return f"<Supervisor {self.name!r} {state} children={count}>"
+
+
+async def _cancel_if_deaf(incarnation: Incarnation) -> None:
+    """A child that has not looked at its stop signal cannot hear it: waiting out its grace
+    would only delay every child stopped after it, so it is cancelled at once. It first gets
+    two scheduling rounds, for a task it spawned just before the stop to start watching."""
+    await anyio.lowlevel.checkpoint()
+    await anyio.lowlevel.checkpoint()
+    if not incarnation.listened and incarnation.ended_at is None:
+        incarnation.cancel_at(-math.inf)
 
 
 def _failure_reason(

@@ -11,6 +11,7 @@ import weakref
 from collections.abc import Iterator, Sequence
 
 from .._config import parse_address
+from .._exceptions import ListenError
 
 BACKLOG = 1024
 
@@ -31,14 +32,18 @@ def bind_listeners(binds: Sequence[str], *, backlog: int = BACKLOG) -> list[sock
     the file is removed again by :func:`closing_all`.
 
     Raises:
-        OSError: a bind or listen failed (address in use — for ``unix:PATH`` also a live
-            socket or another kind of file at PATH —, permission denied, ...).
+        ListenError: a bind or listen failed (address in use — for ``unix:PATH`` also a live
+            socket or another kind of file at PATH —, unknown host, an address not on this
+            machine, permission denied, ...); an ``OSError`` naming the address.
         ValueError: a bind string is malformed.
     """
     sockets: list[socket.socket] = []
     try:
         for bind in binds:
-            sockets.append(_listener(bind, backlog))
+            try:
+                sockets.append(_listener(bind, backlog))
+            except OSError as exc:
+                raise ListenError(bind, exc) from exc
     except BaseException:
         for sock in sockets:
             _close(sock)

@@ -14,18 +14,25 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-APPS = Path(__file__).with_name("apps")
+APPS = Path(__file__).resolve().with_name("apps")
 _URL = re.compile(r"serving (http|admin) on (http://\S+)")
 
 
 class Process:
     """A ``python -m megatrio ...`` child whose stdout/stderr lines are collected as they come."""
 
-    def __init__(self, args: Sequence[str], *, cwd: Path = APPS, stdin: bool = False) -> None:
+    def __init__(
+        self,
+        args: Sequence[str],
+        *,
+        cwd: Path = APPS,
+        stdin: bool = False,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "megatrio", *args],
             cwd=cwd,
@@ -33,7 +40,7 @@ class Process:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
         self.out: list[str] = []
         self.err: list[str] = []

@@ -153,13 +153,13 @@ async def test_an_on_start_error_is_fatal_and_reraised() -> None:
         await serve_app(Broken("broken"), CONFIG, handle_signals=False)
 
 
-async def test_port_already_in_use_is_a_startup_failure() -> None:
+async def test_port_already_in_use_fails_the_start_naming_the_address() -> None:
     with trio.socket.socket() as sock:
         await sock.bind(("127.0.0.1", 0))
         sock.listen()
         port = sock.getsockname()[1]
         config = Config(bind=(f"127.0.0.1:{port}",), admin_bind="")
-        with pytest.raises(megatrio.StartupFailed, match="'http' failed to start: OSError"):
+        with pytest.raises(megatrio.ListenError, match=f"cannot listen on 127.0.0.1:{port}: "):
             await serve_app(App("busy"), config, handle_signals=False)
 
 

@@ -315,12 +315,12 @@ async def test_uds_refuses_a_path_someone_listens_on_or_a_regular_file(tmp_path:
     with socket.socket(socket.AF_UNIX) as live:
         live.bind(str(path))
         live.listen()
-        with pytest.raises(megatrio.StartupFailed, match="another process is listening"):
+        with pytest.raises(megatrio.ListenError, match="another process is listening"):
             await megatrio.serve_app(App("taken"), config(uds=str(path)), handle_signals=False)
     assert path.exists()
     os.unlink(path)
     path.write_text("not a socket")
-    with pytest.raises(megatrio.StartupFailed, match="exists and is not a socket"):
+    with pytest.raises(megatrio.ListenError, match="exists and is not a socket"):
         await megatrio.serve_app(App("file"), config(uds=str(path)), handle_signals=False)
     assert path.read_text() == "not a socket"
 

@@ -92,3 +92,17 @@ def test_resolve_app_accepts_instances_and_subclasses(app_dir: Path) -> None:
 def test_resolve_app_errors_name_what_is_wrong(app_dir: Path, target: str, message: str) -> None:
     with pytest.raises(AppNotFound, match=message.replace("(", r"\(").replace(")", r"\)")):
         resolve_app(target, directory=app_dir)
+
+
+def test_resolve_app_takes_a_file_path_as_the_module(app_dir: Path) -> None:
+    (app_dir / "src").mkdir()
+    (app_dir / "src" / "srcapp.py").write_text("import megatrio\napp = megatrio.App('src')\n")
+    (app_dir / "json.py").write_text("")
+    try:
+        assert resolve_app("src/srcapp.py:app", directory=app_dir).name == "src"
+        assert resolve_app("./shopapp:instance", directory=app_dir).name == "inst"
+        assert resolve_app(f"{app_dir}/shopapp.py:Shop").name == "shop"
+        with pytest.raises(AppNotFound, match=r"'json\.py' would be imported as module 'json'"):
+            resolve_app("json.py:x", directory=app_dir)
+    finally:
+        sys.modules.pop("srcapp", None)

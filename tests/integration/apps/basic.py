@@ -21,6 +21,7 @@ class Basic(megatrio.App):
         self.get("/slow")(self.slow)
         self.get("/fail")(self.fail)
         self.get("/pid")(self.pid)
+        self.get("/cached")(self.cached)
         self.add_child(megatrio.ChildSpec("worker", self.worker, shutdown_seconds=10))
 
     async def index(self) -> dict[str, str]:
@@ -33,6 +34,12 @@ class Basic(megatrio.App):
 
     async def pid(self) -> str:
         return str(os.getpid())
+
+    async def cached(self) -> str:
+        cache = self.cache()
+        await cache.set("greeting", "hello from the default cache")
+        value: str = await cache.get("greeting")
+        return value
 
     async def fail(self) -> str:
         raise RuntimeError("db login failed: password=hunter2 header Bearer abc.def.ghi")
@@ -61,3 +68,13 @@ class SlowStop(Basic):
 
 
 not_an_app = 42
+
+
+def create_app() -> Basic:
+    """A --factory target."""
+    return Basic()
+
+
+def create_nothing() -> int:
+    """A --factory target that returns no App."""
+    return 42
