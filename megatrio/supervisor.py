@@ -546,9 +546,11 @@ class Supervisor:
 
     def _perform(self, run: _Run, actions: list[Any]) -> None:
         """Carry out the core's actions, in order. Not a checkpoint; never raises."""
+        rearm = False
         for action in actions:
             kind = type(action)
             if kind is Start:
+                rearm = True  # a start may have a start timeout
                 self._launch(run, action)
             elif kind is SignalStop:
                 incarnation = run.live.get(action.name)
@@ -584,9 +586,11 @@ class Supervisor:
                 run.wake.set()
                 run.finished.set()
             elif kind is ScheduleRestart:
-                pass  # the timer below picks up the new deadline
+                rearm = True
+        # Only a start or a scheduled restart can bring the core's next deadline forward; a
+        # deadline that moved back only makes the timer fire for nothing.
         timer = run.timer
-        if timer is not None:
+        if rearm and timer is not None:
             deadline = run.core.next_deadline()
             if deadline != timer.deadline:
                 timer.deadline = deadline
@@ -624,8 +628,10 @@ class Supervisor:
         run.stop_waiters.clear()
 
     def _log_exit(self, run: _Run, action: Exited[Exception]) -> None:
-        path = "/".join(run.paths.get(action.name) or (*self._path, action.name))
         error, kind, outcome = action.error, action.kind, action.outcome
+        if kind is ExitKind.SHUTDOWN and error is None:
+            return  # the common case of every stop: nothing to say
+        path = "/".join(run.paths.get(action.name) or (*self._path, action.name))
         if kind is ExitKind.FAILED_START:
             spec = run.specs.get(action.name)
             reason = _failure_reason(action.failure or StartFailure.FAILED, error, spec)

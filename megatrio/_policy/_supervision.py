@@ -42,9 +42,7 @@ import itertools
 import math
 import random
 from collections.abc import Iterable
-from typing import Generic, TypeVar, final
-
-import attrs
+from typing import Generic, NamedTuple, TypeVar, final
 
 from ._backoff import Backoff
 from ._window import RestartWindow
@@ -142,24 +140,21 @@ class ExitOutcome(enum.Enum):
 # -- actions ---------------------------------------------------------------------------------
 
 
-@attrs.frozen
-class Start:
+class Start(NamedTuple):
     """Launch incarnation *incarnation* of child *name*."""
 
     name: str
     incarnation: int
 
 
-@attrs.frozen
-class SignalStop:
+class SignalStop(NamedTuple):
     """Phase one of a stop: tell incarnation *incarnation* of *name* to stop."""
 
     name: str
     incarnation: int
 
 
-@attrs.frozen
-class CancelAt:
+class CancelAt(NamedTuple):
     """Phase two: cancel what is left of the incarnation at *deadline* (``-inf``: at once,
     ``inf``: never)."""
 
@@ -168,8 +163,7 @@ class CancelAt:
     deadline: float
 
 
-@attrs.frozen
-class Exited(Generic[E]):
+class Exited(NamedTuple, Generic[E]):
     """A report for the log: how an incarnation ended and what happens next."""
 
     name: str
@@ -183,16 +177,14 @@ class Exited(Generic[E]):
     """The exit was a crash the restart window counted (not a shutdown, not absorbed)."""
 
 
-@attrs.frozen
-class ScheduleRestart:
+class ScheduleRestart(NamedTuple):
     """*names* restart (in child order) once *due* has passed; wake the core then."""
 
     names: tuple[str, ...]
     due: float
 
 
-@attrs.frozen
-class StartResolved(Generic[E]):
+class StartResolved(NamedTuple, Generic[E]):
     """The first start of a child added with ``add_child`` is decided: ready (``failure`` is
     None) or not, and why."""
 
@@ -201,20 +193,17 @@ class StartResolved(Generic[E]):
     error: E | None
 
 
-@attrs.frozen
-class StopChildDone:
+class StopChildDone(NamedTuple):
     """``stop_child(name)`` is complete: the child has exited and is removed."""
 
     name: str
 
 
-@attrs.frozen
-class Ready:
+class Ready(NamedTuple):
     """Every initial child has started: the supervisor itself is ready."""
 
 
-@attrs.frozen
-class GiveUp(Generic[E]):
+class GiveUp(NamedTuple, Generic[E]):
     """The crash of *name* needed more restarts than the intensity allows; the supervisor
     stops everything and then fails with *error* as the cause."""
 
@@ -222,8 +211,7 @@ class GiveUp(Generic[E]):
     error: E | None
 
 
-@attrs.frozen
-class Finished(Generic[E]):
+class Finished(NamedTuple, Generic[E]):
     """Every child has exited: the run is over. For ``GAVE_UP``, *error* is the last child
     error; for ``STARTUP_FAILED``, *child* failed to start with *error* (*failure* says how)."""
 
