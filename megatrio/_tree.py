@@ -9,18 +9,25 @@ from typing import Any
 def format_tree(snapshot: Mapping[str, Any]) -> str:
     """Render a :meth:`Supervisor.snapshot` (or ``Runtime.snapshot()``) as an indented tree.
 
-    One line per supervisor and per child: state, uptime, restart count and the last error.
+    One line per supervisor — strategy, state, how much of the restart window is used
+    (``restarts in window 1/3 in 5 s``) and the run's restarts in all — and one per child:
+    state, uptime, restarts and the last error.
     """
     lines: list[str] = []
     _supervisor_lines(snapshot, "", lines)
     return "\n".join(lines)
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 def _supervisor_lines(snap: Mapping[str, Any], indent: str, lines: list[str]) -> None:
-    window = f"max {snap['max_restarts']} restarts in {snap['period_seconds']:g} s"
+    used = snap.get("restarts_in_window", 0)
+    window = f"restarts in window {used}/{snap['max_restarts']} in {snap['period_seconds']:g} s"
     lines.append(
         f"{indent}{snap['name']} [{snap['strategy']}, {snap['state']}, "
-        f"{snap['restarts']} restarts, {window}]"
+        f"{window}; {snap['restarts']} total]"
     )
     children = snap["children"]
     for index, child in enumerate(children):
@@ -31,7 +38,7 @@ def _supervisor_lines(snap: Mapping[str, Any], indent: str, lines: list[str]) ->
             f"{child['name']}",
             child["state"],
             "-" if uptime is None else f"up {uptime:.1f}s",
-            f"restarts {child['restarts']}",
+            _count(child["restarts"], "restart"),
         ]
         for key, value in (child.get("info") or {}).items():
             parts.append(f"{key}={value}")

@@ -457,7 +457,9 @@ class Supervisor:
     def snapshot(self) -> dict[str, Any]:
         """The supervision tree below this supervisor as plain data (JSON-serialisable).
 
-        Not a checkpoint. Each child has ``name``, ``state``, ``restart``, ``restarts``,
+        Not a checkpoint. ``restarts`` counts every restart of this run; ``restarts_in_window``
+        the crashes the restart window still holds (the supervisor gives up at one more than
+        ``max_restarts``). Each child has ``name``, ``state``, ``restart``, ``restarts``,
         ``uptime_seconds`` (``None`` when not running), ``last_error`` (one line or ``None``),
         ``info`` when the child annotated itself (:meth:`ChildContext.annotate`) and, for a
         nested supervisor, ``supervisor`` (its own snapshot).
@@ -465,10 +467,12 @@ class Supervisor:
         core = self._core
         run = self._run
         children: list[dict[str, Any]] = []
-        total = 0
+        total = in_window = 0
         if core is not None:
             total = core.total_restarts
             current = now(run.on_trio) if run is not None else 0.0
+            if run is not None:
+                in_window = core.window.in_window(current)
             for record in core.children():
                 incarnation = None if run is None else run.live.get(record.name)
                 entry: dict[str, Any] = {
@@ -496,6 +500,7 @@ class Supervisor:
             "period_seconds": self.period_seconds,
             "min_uptime_seconds": self.min_uptime_seconds,
             "restarts": total,
+            "restarts_in_window": in_window,
             "children": children,
         }
 
