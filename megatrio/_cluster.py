@@ -24,7 +24,6 @@ by SIGKILL, the pipe reaches EOF and the worker stops.
 from __future__ import annotations
 
 import contextlib
-import functools
 import logging
 import math
 import os
@@ -41,6 +40,7 @@ import trio
 
 from ._config import Config, config_from_json, config_to_json
 from ._exceptions import AppLoadError, AppNotFound, MegatrioError, RestartIntensityExceeded
+from ._exit import EXIT_FATAL, EXIT_FORCED, EXIT_OK, EXIT_USAGE
 from ._runtime import Runtime, mega_runtime
 from ._serve import serve_app, serve_http_on
 from ._target import format_load_error, load_app, parse_target
@@ -60,7 +60,6 @@ CONFIG_ENV = "MEGATRIO__CONFIG"
 """The environment variable carrying the primary's config (JSON) to its workers."""
 KILL_SECONDS = 5.0
 """How long to wait for a killed worker to be reaped."""
-EXIT_OK, EXIT_FATAL, EXIT_USAGE = 0, 1, 2
 
 
 class WorkerExited(MegatrioError):
@@ -484,7 +483,7 @@ async def serve_cluster(
         return EXIT_USAGE
     if cluster.killed:
         log.warning("%d worker(s) had to be killed", cluster.killed)
-        return EXIT_FATAL
+        return EXIT_FORCED
     return EXIT_OK
 
 
@@ -559,17 +558,22 @@ def worker_process_main(
 
     _freeze_startup_objects()
 
+    forced: list[bool] = []
+
+    async def serve(*, task_status: trio.TaskStatus[object]) -> None:
+        forced.append(
+            await serve_app(
+                app,
+                config,
+                handle_signals=True,
+                extra_children=[ChildSpec("primary-watch", _watch_primary, (parent_fd, app))],
+                task_status=task_status,
+            )
+        )
+
     async def main() -> None:
         async with trio.open_nursery() as nursery:
-            await nursery.start(
-                functools.partial(
-                    serve_app,
-                    app,
-                    config,
-                    handle_signals=True,
-                    extra_children=[ChildSpec("primary-watch", _watch_primary, (parent_fd, app))],
-                )
-            )
+            await nursery.start(serve)
             _tell(status, b"ready\n")
             status.close()
 
@@ -580,4 +584,4 @@ def worker_process_main(
         if isinstance(error, KeyboardInterrupt | SystemExit):
             raise
         return EXIT_FATAL  # logged once by mega_runtime
-    return EXIT_OK
+    return EXIT_FORCED if forced and forced[0] else EXIT_OK

@@ -110,6 +110,13 @@ def _seconds(value: Any, from_text: bool) -> float:
     return float(value)
 
 
+def _finite_seconds(value: Any, from_text: bool) -> float:
+    seconds = _seconds(value, from_text)
+    if math.isinf(seconds):
+        raise ValueError(f"expected a finite number of seconds >= 0, got {value!r}")
+    return seconds
+
+
 def _positive_seconds(value: Any, from_text: bool) -> float:
     seconds = _seconds(value, from_text)
     if seconds <= 0 or math.isinf(seconds):
@@ -320,6 +327,17 @@ class Config:
     )
     grace_seconds: float = attrs.field(
         default=30.0, metadata=_meta(_seconds, "bound on a graceful stop")
+    )
+    shutdown_delay_seconds: float = attrs.field(
+        default=0.0,
+        metadata=_meta(
+            _finite_seconds,
+            "on a stop, keep serving this long while /readyz is 503 (within the grace)",
+        ),
+    )
+    blocked_loop_warn_seconds: float = attrs.field(
+        default=2.0,
+        metadata=_meta(_finite_seconds, "log which child blocks the event loop this long; 0: off"),
     )
     uds: str = attrs.field(
         default="", metadata=_meta(_socket_path, "also listen on this Unix socket path")

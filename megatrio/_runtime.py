@@ -17,6 +17,7 @@ from ._policy._checks import check_seconds
 from ._util import NoPublicConstructor
 from .nursery._errors import describe, unwrap_group
 from .nursery._signals import check_main_thread, serve_stop_signals
+from .nursery._watchdog import LoopWatchdog
 from .supervisor import ChildSpec, Supervisor
 
 if TYPE_CHECKING:
@@ -32,9 +33,16 @@ T = TypeVar("T")
 class Runtime(metaclass=NoPublicConstructor):
     """The handle ``mega_runtime()`` yields. Created only by :func:`mega_runtime`."""
 
-    def __init__(self, name: str, grace_seconds: float, supervisor: Supervisor) -> None:
+    def __init__(
+        self,
+        name: str,
+        grace_seconds: float,
+        supervisor: Supervisor,
+        shutdown_delay_seconds: float = 0.0,
+    ) -> None:
         self.name = name
         self.grace_seconds = grace_seconds
+        self.shutdown_delay_seconds = shutdown_delay_seconds
         self.supervisor = supervisor
         """The root supervisor (one-for-one)."""
         self._body_scope = anyio.CancelScope()
@@ -50,6 +58,8 @@ class Runtime(metaclass=NoPublicConstructor):
         self._tg: anyio.abc.TaskGroup | None = None
         self._stop_requested = False
         self._stop_deadline: float | None = None
+        self._delay_scope: anyio.CancelScope | None = None
+        self._forced = False
         self._fatal: BaseException | None = None
         # Stores registered by services (megatrio.open_cache, ...): the runtime only keeps
         # them by name, so it needs no import of the services built on it.
@@ -87,15 +97,26 @@ class Runtime(metaclass=NoPublicConstructor):
         """The whole supervision tree as plain data. Not a checkpoint."""
         return self.supervisor.snapshot()
 
+    @property
+    def forced(self) -> bool:
+        """True once the stop was forced and work in progress may have been cut off:
+        :meth:`cancel` (a second signal) was called, or ``grace_seconds`` ran out while
+        children or resources were still stopping. Children cancelled at their own
+        ``shutdown_seconds`` within the grace do not make a stop forced."""
+        return self._forced
+
     def stop(self) -> None:
         """Request a graceful stop from any task. Idempotent; not a checkpoint.
 
-        The body of the ``async with`` is cancelled (and exits normally), then every child
-        stops in reverse order within its own grace, all bounded by ``grace_seconds``.
+        :attr:`stopping` is true at once (readiness fails). After ``shutdown_delay_seconds``
+        (0 by default: at once) the body of the ``async with`` is cancelled (and exits
+        normally), then every child stops in reverse order within its own grace; the delay
+        and the whole stop are bounded by ``grace_seconds``, counted from this call.
         """
         if self._stop_requested:
             return
         self._stop_requested = True
+        self._deadline()
         self._body_scope.cancel()
 
     def cancel(self) -> None:
@@ -105,7 +126,10 @@ class Runtime(metaclass=NoPublicConstructor):
         ``on_stop`` hook or a resource being closed are cancelled at once. Not a checkpoint.
         """
         self.stop()
+        self._forced = True
         self._stop_deadline = -math.inf
+        if self._delay_scope is not None:
+            self._delay_scope.cancel()
         self._root_scope.cancel()
         if self._cleanup_scope is not None:
             self._cleanup_scope.cancel()
@@ -170,11 +194,31 @@ class Runtime(metaclass=NoPublicConstructor):
     async def _shutdown(self) -> None:
         self._stop_requested = True
         deadline = self._deadline()
+        await self._delay(deadline)
         if deadline < self._root_scope.deadline:
             self._root_scope.deadline = deadline
         self.supervisor.stop()
         await self._root_done.wait()
+        if self._root_scope.cancelled_caught:
+            self._forced = True  # the grace ran out while children were still stopping
         await self._close_resources()
+
+    async def _delay(self, deadline: float) -> None:
+        """``shutdown_delay_seconds`` during which everything keeps serving while
+        :attr:`stopping` (readiness) says it is going away: load balancers take this
+        process out of rotation before its listeners close. cancel() ends it."""
+        delay = self.shutdown_delay_seconds
+        if delay <= 0 or self._fatal is not None or self._stop_deadline == -math.inf:
+            return
+        log.info(
+            "runtime %s: stopping in %g s (shutdown_delay_seconds); not ready meanwhile",
+            self.name,
+            delay,
+        )
+        with anyio.move_on_at(min(deadline, anyio.current_time() + delay)) as scope:
+            self._delay_scope = scope
+            await anyio.sleep_forever()
+        self._delay_scope = None
 
     async def _close_resources(self) -> None:
         # Shielded so an outer cancellation cannot skip cleanup; bounded by the stop deadline
@@ -192,6 +236,8 @@ class Runtime(metaclass=NoPublicConstructor):
                         log.exception("runtime %s: closing a resource failed", self.name)
             finally:
                 self._cleanup_scope = None
+        if scope.cancelled_caught:
+            self._forced = True  # the grace ran out while resources were still closing
         # Whatever the grace left open is cancelled now, so no holder outlives the runtime.
         for guard in self._guards:
             guard.cancel()
@@ -239,6 +285,10 @@ async def _hold(
         finished.set()
 
 
+def _never() -> bool:
+    return False
+
+
 @contextlib.asynccontextmanager
 async def mega_runtime(
     *,
@@ -247,6 +297,8 @@ async def mega_runtime(
     handle_signals: bool = False,
     max_restarts: int = 3,
     period_seconds: float = 5.0,
+    shutdown_delay_seconds: float = 0.0,
+    blocked_loop_warn_seconds: float | None = None,
 ) -> AsyncIterator[Runtime]:
     """Run a supervised tree for the duration of an ``async with`` block.
 
@@ -267,24 +319,46 @@ async def mega_runtime(
     ``__cause__``). A temporary child's crash is logged, not fatal.
 
     Cancelling the block from outside cancels every child at once; resources are still closed,
-    shielded and bounded by *grace_seconds*.
+    shielded and bounded by *grace_seconds*. :attr:`Runtime.forced` says afterwards whether
+    the stop had to cut work off.
+
+    With *shutdown_delay_seconds*, a stop first waits that long (within the grace) while
+    everything keeps serving and :attr:`Runtime.stopping` is true — the time a load balancer
+    needs to stop sending traffic after readiness fails. With *blocked_loop_warn_seconds*, a
+    watchdog thread logs, once per blocked stretch, which child holds the event loop without
+    awaiting for that long, with its stack; and with *handle_signals*, a further signal while
+    the loop is blocked ends the process from the signal handler (exit code 128 + signal).
 
     Raises:
         ValueError: an argument is invalid.
         RuntimeError: *handle_signals* is true off the main thread.
     """
     grace = check_seconds("grace_seconds", grace_seconds)
+    delay = check_seconds("shutdown_delay_seconds", shutdown_delay_seconds, allow_inf=False)
+    watchdog = None
+    if blocked_loop_warn_seconds is not None:
+        warn = check_seconds(
+            "blocked_loop_warn_seconds", blocked_loop_warn_seconds, allow_zero=False
+        )
+        watchdog = LoopWatchdog(warn)
     if handle_signals:
         check_main_thread()
     root = Supervisor(name=name, max_restarts=max_restarts, period_seconds=period_seconds)
-    rt = Runtime._create(name, grace, root)
+    rt = Runtime._create(name, grace, root, delay)
     body_error: Exception | None = None
     try:
         async with anyio.create_task_group() as tg:
             rt._tg = tg
             try:
+                if watchdog is not None:
+                    await tg.start(watchdog.serve)
                 if handle_signals:
-                    await tg.start(serve_stop_signals, rt.stop, rt.cancel)
+                    blocked = watchdog.blocked if watchdog is not None else _never
+                    await tg.start(
+                        functools.partial(serve_stop_signals, loop_blocked=blocked),
+                        rt.stop,
+                        rt.cancel,
+                    )
                 await tg.start(rt._run_root)
                 try:
                     with rt._body_scope:

@@ -73,8 +73,9 @@ async def serve_app(
     handle_signals: bool = True,
     extra_children: Sequence[ChildSpec] = (),
     task_status: trio.TaskStatus[Serving] = trio.TASK_STATUS_IGNORED,
-) -> None:
-    """Serve *app* under a runtime until stopped (signal, ``app.rt.stop()``) or a fatal error.
+) -> bool:
+    """Serve *app* under a runtime until stopped (signal, ``app.rt.stop()``) or a fatal error;
+    returns whether the stop was forced (see :attr:`Runtime.forced`).
 
     Every listener — ``config.bind`` and ``config.admin_bind`` — is bound first, before the
     runtime starts: an address that cannot be used fails the whole start, before any store
@@ -106,6 +107,8 @@ async def serve_app(
             handle_signals=handle_signals,
             max_restarts=config.max_restarts,
             period_seconds=config.period_seconds,
+            shutdown_delay_seconds=config.shutdown_delay_seconds,
+            blocked_loop_warn_seconds=config.blocked_loop_warn_seconds or None,
         ) as rt:
             app._attach(rt)
             rt.push_async_callback(_detach, app)
@@ -139,6 +142,7 @@ async def serve_app(
             assert isinstance(admin_urls, list)
             task_status.started(Serving(tuple(http_urls), tuple(admin_urls)))
             await anyio.sleep_forever()
+        return rt.forced
 
 
 async def serve_http_on(

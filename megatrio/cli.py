@@ -4,10 +4,14 @@ Exit codes of ``megatrio run`` (and ``console``, ``tree``):
 
 - 0: a graceful stop (with ``--workers``: every worker exited within the grace);
 - 1: a fatal error — a listener could not be bound, the app's own code failed while it was
-  imported or built, a child crashed past its restart intensity, ``on_start`` raised, a
-  worker had to be killed, ``tree`` found no admin listener;
+  imported or built, a child crashed past its restart intensity, ``on_start`` raised,
+  ``tree`` found no admin listener;
 - 2: a usage or configuration error: one line naming what was wrong (the option, the file or
-  variable and key, the module or attribute), no traceback.
+  variable and key, the module or attribute), no traceback;
+- 3: a forced stop — a second signal, or the grace ran out, and work in progress was cut off
+  (with ``--workers``: a worker had to be killed);
+- 128 + signal (130, 143): a further SIGINT/SIGTERM arrived while the event loop was blocked,
+  and the signal handler ended the process at once, without clean-up.
 
 Other codes are reserved for future use.
 """
@@ -39,15 +43,12 @@ from ._config import (
     unknown_environment_variables,
 )
 from ._exceptions import AppLoadError, AppNotFound, ConfigError, ListenError
+from ._exit import EXIT_FATAL, EXIT_FORCED, EXIT_OK, EXIT_USAGE
 from ._target import AppTarget, check_target, format_load_error, load_app, parse_target
 from .app import App
 from .services._admin import TREE_PATH
 from .services._logging import configure_logging
 from .services._redact import Redactor
-
-EXIT_OK = 0
-EXIT_FATAL = 1
-EXIT_USAGE = 2
 
 log = logging.getLogger("megatrio.cli")
 
@@ -73,8 +74,12 @@ exit codes:
   0  graceful stop (with --workers: every worker exited within the grace)
   1  fatal error: a listener could not be bound, the app's own code failed to
      import or build, a child crashed past its restart intensity, on_start
-     raised, a worker had to be killed
-  2  usage or configuration error (one line naming what was wrong)"""
+     raised
+  2  usage or configuration error (one line naming what was wrong)
+  3  forced stop: a second signal, or the grace ran out, cut work off (with
+     --workers: a worker had to be killed)
+  130, 143  a further SIGINT/SIGTERM while the event loop was blocked ended the
+     process at once, from the signal handler, with no clean-up"""
 
 _DEFAULTS = Config()
 _DEFAULT_HOST, _DEFAULT_PORT = parse_address(_DEFAULTS.bind[0])
@@ -168,6 +173,12 @@ def _parser() -> _Parser:
             "--grace-seconds",
             metavar="SECONDS",
             help=f"bound on a graceful stop (default: {_DEFAULTS.grace_seconds:g})",
+        )
+        p.add_argument(
+            "--shutdown-delay-seconds",
+            metavar="SECONDS",
+            help="on SIGTERM keep serving this long while /readyz answers 503, so load "
+            f"balancers drain (default: {_DEFAULTS.shutdown_delay_seconds:g})",
         )
         p.add_argument(
             "--uds",
@@ -280,6 +291,7 @@ def _config_from(args: argparse.Namespace) -> Config:
         "bind": bind,
         "admin_bind": args.admin_bind,
         "grace_seconds": args.grace_seconds,
+        "shutdown_delay_seconds": args.shutdown_delay_seconds,
         "uds": args.uds,
         "keep_alive_timeout_seconds": args.keep_alive_timeout_seconds,
         "max_concurrent_connections": args.max_concurrent_connections,
@@ -383,12 +395,12 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_FATAL
     _freeze_startup_objects()
     try:
-        trio.run(serve_app, app, config)
+        forced = trio.run(serve_app, app, config)
     except ListenError:
         raise
     except Exception:
         return EXIT_FATAL  # mega_runtime logged it once, with its traceback
-    return EXIT_OK
+    return EXIT_FORCED if forced else EXIT_OK
 
 
 def _console(args: argparse.Namespace) -> int:

@@ -94,13 +94,30 @@ def test_readyz_fails_during_a_graceful_stop() -> None:
         server.kill()
 
 
+def test_a_shutdown_delay_keeps_serving_while_readyz_fails() -> None:
+    server = Server("basic:Basic", "--shutdown-delay-seconds", "30")
+    try:
+        assert server.get("/readyz")[0] == 200
+        server.signal(signal.SIGTERM)
+        server.wait_line("stopping in 30 s (shutdown_delay_seconds)")
+        # Load balancers see the process leaving; requests are still served meanwhile.
+        status, body = server.get("/readyz")
+        assert status == 503
+        assert json.loads(body)["not_ready"] == ["basic (stopping)"]
+        assert server.get("/")[0] == 200
+        server.signal(signal.SIGTERM)  # a second signal cuts the delay short
+        assert server.finish(timeout=10) == 3
+    finally:
+        server.kill()
+
+
 def test_second_signal_stops_at_once() -> None:
     server = Server("basic:SlowStop", "--grace-seconds", "60")
     try:
         server.signal(signal.SIGTERM)
         server.wait_line("received SIGTERM")
         server.signal(signal.SIGINT)
-        assert server.finish(timeout=10) == 0
+        assert server.finish(timeout=10) == 3  # a forced stop: work was cut off
         assert "worker stopped" not in server.out  # cancelled before its 1.5 s cleanup
         assert any("received SIGINT again" in r["event"] for r in server.records())
     finally:
@@ -539,6 +556,7 @@ def test_run_help_shows_defaults_variables_precedence_and_exit_codes() -> None:
     assert set(options) == {
         "--config", "--bind", "--host", "--port", "--admin-bind", "--grace-seconds",
         "--workers", "--log-level", "--log-format", "--app-dir", "--factory", "--uds",
+        "--shutdown-delay-seconds",
         "--keep-alive-timeout-seconds", "--max-concurrent-connections", "--root-path",
         "--forwarded-allow-ips", "--certfile", "--keyfile",
     }  # fmt: skip
@@ -553,7 +571,9 @@ def test_run_help_shows_defaults_variables_precedence_and_exit_codes() -> None:
         if key != "cache":
             assert f"MEGATRIO_{key.upper()}" in text
     codes = proc.out[proc.out.index("exit codes:") + 1 :]
-    assert [line[:4] for line in codes if not line.startswith("     ")] == ["  0 ", "  1 ", "  2 "]
+    assert [line[:4] for line in codes if not line.startswith("     ")] == [
+        "  0 ", "  1 ", "  2 ", "  3 ", "  13",
+    ]  # fmt: skip
     assert "a listener could not be bound, the app's own code failed to import" in _flat(codes)
 
 

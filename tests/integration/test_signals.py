@@ -86,3 +86,17 @@ def test_second_signal_cancels_at_once() -> None:
     # "slow" never got to clean up: everything was cancelled.
     assert out.splitlines() == ["runtime exited"]
     assert elapsed < 10
+
+
+def test_a_signal_still_ends_a_process_whose_loop_is_blocked() -> None:
+    proc = spawn("blocked")
+    assert proc.stderr is not None
+    # The watchdog thread names the child that holds the loop, with its stack.
+    assert wait_for_line(proc.stderr, "supervised child megatrio/blocker holds it")
+    proc.send_signal(signal.SIGTERM)  # cannot be read: the loop does not run
+    assert wait_for_line(proc.stderr, "SIGTERM received while the event loop is blocked")
+    proc.send_signal(signal.SIGTERM)  # ends the process from the handler
+    code, out, err, _elapsed = finish(proc, timeout=20)
+    assert code == 128 + signal.SIGTERM
+    assert "SIGTERM again while the event loop is blocked: exiting at once" in err
+    assert "slow: cleaned up" not in out

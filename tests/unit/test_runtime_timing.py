@@ -138,3 +138,68 @@ def test_every_validates_its_interval(interval: float, message: str) -> None:
 
     with pytest.raises(ValueError, match=message):
         megatrio.every(interval, tick)
+
+
+async def test_forced_says_whether_the_stop_cut_work_off() -> None:
+    async with mega_runtime(grace_seconds=30) as rt:
+        await rt.start_child(ChildSpec("a", stubborn, shutdown_seconds=2))
+    assert not rt.forced  # cancelled at its own deadline, well within the grace
+
+    async with mega_runtime(grace_seconds=3) as rt:
+        await rt.start_child(ChildSpec("b", stubborn, shutdown_seconds=100))
+    assert rt.forced  # the grace ran out while "b" was still stopping
+
+    async with mega_runtime(grace_seconds=30) as rt:
+        await rt.start_child(ChildSpec("c", stubborn, shutdown_seconds=100))
+        rt.cancel()
+    assert rt.forced
+
+
+async def test_a_shutdown_delay_keeps_children_running_while_stopping_is_true() -> None:
+    seen: list[tuple[float, bool, bool]] = []
+
+    async def watch(rt: megatrio.Runtime) -> None:
+        for _ in range(4):
+            ctx_states = [c["state"] for c in rt.snapshot()["children"]]
+            seen.append((trio.current_time(), rt.stopping, ctx_states == ["running"]))
+            await trio.sleep(1)
+
+    async with trio.open_nursery() as nursery:
+        async with mega_runtime(grace_seconds=30, shutdown_delay_seconds=2.5) as rt:
+            await rt.start_child(ChildSpec("a", stubborn, shutdown_seconds=0))
+            t0 = trio.current_time()
+            rt.stop()
+            nursery.start_soon(watch, rt)
+        ended = trio.current_time()
+    assert ended - t0 == 2.5
+    assert [(t - t0, stopping, running) for t, stopping, running in seen[:3]] == [
+        (0, True, True),
+        (1, True, True),
+        (2, True, True),
+    ]
+    assert not rt.forced
+
+
+async def test_cancel_cuts_a_shutdown_delay_short() -> None:
+    async with (
+        trio.open_nursery() as nursery,
+        mega_runtime(grace_seconds=30, shutdown_delay_seconds=20) as rt,
+    ):
+        t0 = trio.current_time()
+
+        async def second_signal() -> None:
+            await trio.sleep(1)
+            rt.cancel()
+
+        nursery.start_soon(second_signal)
+        rt.stop()
+    assert trio.current_time() - t0 == 1
+    assert rt.forced
+
+
+async def test_the_shutdown_delay_counts_within_the_grace() -> None:
+    async with mega_runtime(grace_seconds=3, shutdown_delay_seconds=10) as rt:
+        await rt.start_child(ChildSpec("a", stubborn, shutdown_seconds=5))
+        t0 = trio.current_time()
+    assert trio.current_time() - t0 == 3
+    assert rt.forced
