@@ -36,8 +36,8 @@ from importlib.metadata import version
 import trio
 from _common import gc_paused
 
-from megatrio.services._cache import MemoryCache
-from megatrio.services._file_cache import FileCache, _write_entry
+from megatrio.services.stores._cache import MemoryCache
+from megatrio.services.stores._file_cache import FileCache, _write_entry
 
 VALUE = b"v" * 100
 now_s = time.perf_counter

@@ -5,7 +5,7 @@ add a cProfile of the facade rows). The script starts a private ``redis-server``
 loopback port (no persistence) and stops it by pid at the end. Everything runs in one
 process under one ``trio.run`` on the real clock.
 
-Both sides use the one client :func:`megatrio.services._redis.open_redis` opened, so the same
+Both sides use the one client :func:`megatrio.open_redis` opened, so the same
 settings and connections; the same full keys (``mega:cache:bench:k<i>``, 1,000 of them) and
 the same value bytes (the JSON the facade writes for a small object). SET carries a 60 s TTL
 on both sides (``PX 60000``). Each row runs at 1 and at 64 concurrent tasks splitting the same
@@ -39,8 +39,8 @@ from typing import Any
 import trio
 from _common import gc_paused
 
-from megatrio.services._cache import Cache, MemoryCache
-from megatrio.services._redis import RedisCache, RedisClient, open_redis
+from megatrio.services.stores._cache import Cache, MemoryCache
+from megatrio.services.stores._redis import RedisCache, RedisClient, open_redis
 
 NAMESPACE = "bench"
 KEYS = 1_000

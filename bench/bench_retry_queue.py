@@ -39,7 +39,7 @@ from typing import Any
 
 import trio
 
-from megatrio.services._retry_queue import QUEUE_FILE, QueuedEntry, RetryQueue
+from megatrio.services.stores._retry_queue import QUEUE_FILE, QueuedEntry, RetryQueue
 
 KEEP = 5000
 TEXT = (

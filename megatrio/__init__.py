@@ -7,10 +7,10 @@ cancel-scope deadline and restarts follow Erlang/OTP supervisor semantics.
 import importlib as _importlib
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 
-from ._config import Config as Config
-from ._config import LogFormat as LogFormat
-from ._config import LogLevel as LogLevel
-from ._config import load_config as load_config
+from ._config._config import Config as Config
+from ._config._config import LogFormat as LogFormat
+from ._config._config import LogLevel as LogLevel
+from ._config._config import load_config as load_config
 from ._exceptions import AppNotFound as AppNotFound
 from ._exceptions import ConfigError as ConfigError
 from ._exceptions import ListenError as ListenError
@@ -21,23 +21,23 @@ from ._exceptions import SupervisorNotRunning as SupervisorNotRunning
 from ._policy._nonces import NonceVerdict as NonceVerdict
 from ._runtime import Runtime as Runtime
 from ._runtime import mega_runtime as mega_runtime
-from ._serve import Serving as Serving
-from ._serve import serve_app as serve_app
-from ._timers import every as every
-from ._tree import format_tree as format_tree
-from .app import App as App
+from .app._app import App as App
+from .app._serve import Serving as Serving
+from .app._serve import serve_app as serve_app
 from .nursery._child import ChildContext as ChildContext
 from .nursery._child import current_child as current_child
-from .services._cache import Cache as Cache
-from .services._cache import CacheDriver as CacheDriver
-from .services._cache import MemoryCache as MemoryCache
-from .services._cache import open_cache as open_cache
-from .services._file_cache import FileCache as FileCache
-from .services._logging import configure_logging as configure_logging
-from .services._nonce import MemoryNonceStore as MemoryNonceStore
-from .services._nonce import NonceStore as NonceStore
-from .services._redact import Redactor as Redactor
-from .services._retry_queue import RetryQueue as RetryQueue
+from .nursery._timer import every as every
+from .services.logs._logging import configure_logging as configure_logging
+from .services.logs._redact import Redactor as Redactor
+from .services.logs._tree import format_tree as format_tree
+from .services.stores._cache import Cache as Cache
+from .services.stores._cache import CacheDriver as CacheDriver
+from .services.stores._cache import MemoryCache as MemoryCache
+from .services.stores._cache import open_cache as open_cache
+from .services.stores._file_cache import FileCache as FileCache
+from .services.stores._nonce import MemoryNonceStore as MemoryNonceStore
+from .services.stores._nonce import NonceStore as NonceStore
+from .services.stores._retry_queue import RetryQueue as RetryQueue
 from .supervisor import NO_BACKOFF as NO_BACKOFF
 from .supervisor import Backoff as Backoff
 from .supervisor import ChildSpec as ChildSpec
@@ -48,30 +48,30 @@ from .supervisor import Supervisor as Supervisor
 from .supervisor import ready_immediately as ready_immediately
 
 if _TYPE_CHECKING:
-    from .services._alerts import AlertHandler as AlertHandler
-    from .services._alerts import TelegramSender as TelegramSender
-    from .services._alerts import WebhookSender as WebhookSender
-    from .services._alerts import serve_alerts as serve_alerts
-    from .services._redis import BackendUnavailable as BackendUnavailable
-    from .services._redis import CacheUnavailable as CacheUnavailable
-    from .services._redis import NonceStoreUnavailable as NonceStoreUnavailable
-    from .services._redis import RedisCache as RedisCache
-    from .services._redis import RedisNonceStore as RedisNonceStore
-    from .services._redis import open_redis as open_redis
+    from .services.alerts._alerts import AlertHandler as AlertHandler
+    from .services.alerts._alerts import TelegramSender as TelegramSender
+    from .services.alerts._alerts import WebhookSender as WebhookSender
+    from .services.alerts._alerts import serve_alerts as serve_alerts
+    from .services.stores._redis import BackendUnavailable as BackendUnavailable
+    from .services.stores._redis import CacheUnavailable as CacheUnavailable
+    from .services.stores._redis import NonceStoreUnavailable as NonceStoreUnavailable
+    from .services.stores._redis import RedisCache as RedisCache
+    from .services.stores._redis import RedisNonceStore as RedisNonceStore
+    from .services.stores._redis import open_redis as open_redis
 
 # Names whose modules pull in heavy clients (coredis, httpx): imported on first use, so a
 # process that uses neither Redis nor alerts does not carry them (memory, GC work).
 _LAZY = {
-    "AlertHandler": ".services._alerts",
-    "TelegramSender": ".services._alerts",
-    "WebhookSender": ".services._alerts",
-    "serve_alerts": ".services._alerts",
-    "BackendUnavailable": ".services._redis",
-    "CacheUnavailable": ".services._redis",
-    "NonceStoreUnavailable": ".services._redis",
-    "RedisCache": ".services._redis",
-    "RedisNonceStore": ".services._redis",
-    "open_redis": ".services._redis",
+    "AlertHandler": ".services.alerts._alerts",
+    "TelegramSender": ".services.alerts._alerts",
+    "WebhookSender": ".services.alerts._alerts",
+    "serve_alerts": ".services.alerts._alerts",
+    "BackendUnavailable": ".services.stores._redis",
+    "CacheUnavailable": ".services.stores._redis",
+    "NonceStoreUnavailable": ".services.stores._redis",
+    "RedisCache": ".services.stores._redis",
+    "RedisNonceStore": ".services.stores._redis",
+    "open_redis": ".services.stores._redis",
 }
 
 

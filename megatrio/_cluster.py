@@ -38,20 +38,20 @@ from typing import IO
 import attrs
 import trio
 
-from ._config import Config, config_from_json, config_to_json
+from ._config._config import Config, config_from_json, config_to_json
 from ._exceptions import AppLoadError, AppNotFound, MegatrioError, RestartIntensityExceeded
 from ._exit import EXIT_FATAL, EXIT_FORCED, EXIT_OK, EXIT_USAGE
 from ._runtime import Runtime, mega_runtime
-from ._serve import serve_app, serve_http_on
 from ._target import format_load_error, load_app, parse_target
-from .app import App
+from .app._app import App
+from .app._serve import serve_app, serve_http_on
 from .nursery._child import ChildContext, current_child
 from .nursery._errors import unwrap_group
-from .services._admin import admin_app
-from .services._http import ASGIApp
-from .services._logging import configure_logging
-from .services._redact import Redactor
-from .services._sockets import bind_listeners, closing_all
+from .services.http._admin import admin_app
+from .services.http._server import ASGIApp
+from .services.http._sockets import bind_listeners, closing_all
+from .services.logs._logging import configure_logging
+from .services.logs._redact import Redactor
 from .supervisor import ChildSpec, Strategy, Supervisor
 
 log = logging.getLogger("megatrio.cluster")

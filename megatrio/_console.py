@@ -19,10 +19,10 @@ from typing import Any
 
 import trio
 
-from ._config import Config
+from ._config._config import Config
 from ._exceptions import ListenError
-from ._serve import Serving, serve_app
-from .app import App
+from .app._app import App
+from .app._serve import Serving, serve_app
 from .nursery._errors import unwrap_group
 
 log = logging.getLogger("megatrio.console")

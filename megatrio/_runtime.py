@@ -21,8 +21,8 @@ from .nursery._watchdog import LoopWatchdog
 from .supervisor import ChildSpec, Supervisor
 
 if TYPE_CHECKING:
-    from .services._cache import Cache
-    from .services._nonce import NonceStore
+    from .services.stores._cache import Cache
+    from .services.stores._nonce import NonceStore
 
 log = logging.getLogger("megatrio.runtime")
 

@@ -24,8 +24,8 @@ from typing import Any
 import attrs
 
 from ._exceptions import AppLoadError, AppNotFound
-from .app import App
-from .services._redact import Redactor
+from .app._app import App
+from .services.logs._redact import Redactor
 
 _PACKAGE_DIR = str(Path(__file__).resolve().parent) + os.sep
 _IMPORTLIB_DIR = str(Path(importlib.__file__).resolve().parent) + os.sep

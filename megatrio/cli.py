@@ -33,7 +33,7 @@ from typing import Any, NoReturn
 
 import trio
 
-from ._config import (
+from ._config._config import (
     Config,
     LogFormat,
     LogLevel,
@@ -45,10 +45,10 @@ from ._config import (
 from ._exceptions import AppLoadError, AppNotFound, ConfigError, ListenError
 from ._exit import EXIT_FATAL, EXIT_FORCED, EXIT_OK, EXIT_USAGE
 from ._target import AppTarget, check_target, format_load_error, load_app, parse_target
-from .app import App
-from .services._admin import TREE_PATH
-from .services._logging import configure_logging
-from .services._redact import Redactor
+from .app._app import App
+from .services.http._admin import TREE_PATH
+from .services.logs._logging import configure_logging
+from .services.logs._redact import Redactor
 
 log = logging.getLogger("megatrio.cli")
 
@@ -377,7 +377,7 @@ def _fail(message: str) -> NoReturn:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from ._serve import serve_app
+    from .app._serve import serve_app
 
     config = _config_from(args)
     target, app_dir = _target_from(args)

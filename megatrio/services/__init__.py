@@ -1,5 +1,8 @@
-"""Long-lived services built on the supervised tree (WebSocket hub, jobs, bus, caches, ...).
+"""Long-lived services built on the supervised tree, one package each: ``http`` (serving),
+``stores`` (caches, nonces, the retry queue), ``alerts``, ``logs`` (logging, redaction, tree
+rendering). Each long-lived piece is a supervised child: it reports readiness through
+``task_status.started()`` and stops when its :class:`~megatrio.ChildContext` asks it to.
 
-Each service is a supervised child: it reports readiness through ``task_status.started()``
-and stops when its :class:`~megatrio.ChildContext` asks it to.
+A service imports no other service except ``logs``, and ``alerts`` the retry queue of
+``stores`` (see docs/architecture.md).
 """

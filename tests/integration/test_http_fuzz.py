@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from quart import request, websocket
 
-import megatrio.services._hypercorn as hypercorn_glue
+import megatrio.services.http._hypercorn as hypercorn_glue
 from megatrio import App, Config
 
 from ..raw_http import (

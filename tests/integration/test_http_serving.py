@@ -19,7 +19,7 @@ from quart import request, url_for
 
 import megatrio
 from megatrio import App, Config
-from megatrio.services._admin import serve_lifespan
+from megatrio.services.http._admin import serve_lifespan
 
 from ..raw_http import (
     assert_serving,
@@ -403,7 +403,7 @@ async def test_a_peer_that_never_reads_cannot_hold_the_stop_past_the_grace() -> 
 
 
 async def test_cancelling_serve_http_closes_every_connection_at_once() -> None:
-    from megatrio.services._http import serve_http
+    from megatrio.services.http._server import serve_http
 
     async def endless(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":

@@ -14,8 +14,8 @@ import trio
 from coredis.exceptions import WrongTypeError
 
 from megatrio import ChildSpec, mega_runtime
-from megatrio.services._cache import Cache, open_cache
-from megatrio.services._redis import (
+from megatrio.services.stores._cache import Cache, open_cache
+from megatrio.services.stores._redis import (
     BackendUnavailable,
     CacheUnavailable,
     RedisCache,

@@ -12,7 +12,7 @@ import pytest
 import trio
 
 from megatrio._policy._nonces import NonceVerdict
-from megatrio.services._redis import (
+from megatrio.services.stores._redis import (
     NonceStoreUnavailable,
     RedisClient,
     RedisNonceStore,

@@ -29,7 +29,7 @@ from hypothesis import note, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from megatrio.services._file_cache import FileCache
+from megatrio.services.stores._file_cache import FileCache
 
 T = TypeVar("T")
 

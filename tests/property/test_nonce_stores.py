@@ -27,8 +27,8 @@ from hypothesis import HealthCheck, example, given, note, settings
 from hypothesis import strategies as st
 
 from megatrio._policy._nonces import NonceVerdict
-from megatrio.services._nonce import MemoryNonceStore, NonceStore
-from megatrio.services._redis import RedisNonceStore, open_redis
+from megatrio.services.stores._nonce import MemoryNonceStore, NonceStore
+from megatrio.services.stores._redis import RedisNonceStore, open_redis
 
 from ..servers import RedisServer
 

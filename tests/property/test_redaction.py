@@ -16,8 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from megatrio import LogFormat, Redactor
-from megatrio.services._logging import build_formatter
-from megatrio.services._redact import DEFAULT_SENSITIVE_KEYS
+from megatrio.services.logs._logging import build_formatter
+from megatrio.services.logs._redact import DEFAULT_SENSITIVE_KEYS
 
 MARKER = "ZQSECRET"
 

@@ -50,7 +50,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from megatrio.services._retry_queue import QUEUE_FILE, DrainSummary, QueuedEntry, RetryQueue
+from megatrio.services.stores._retry_queue import QUEUE_FILE, DrainSummary, QueuedEntry, RetryQueue
 
 ROOT = Path(__file__).resolve().parents[2]
 STEP = 0.001  # distinct enqueue times for distinct appends: "newest" is never a tie
@@ -68,7 +68,7 @@ package.__path__ = [sys.argv[1]]
 sys.modules["megatrio"] = package
 
 import trio
-from megatrio.services._retry_queue import RetryQueue
+from megatrio.services.stores._retry_queue import RetryQueue
 
 def say(event):
     sys.stdout.write(json.dumps(event) + "\n")

@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 import megatrio
 from megatrio import ChildSpec, LogFormat, Redactor, configure_logging
 from megatrio._policy._throttle import TokenBucket
-from megatrio.services._alerts import (
+from megatrio.services.alerts._alerts import (
     AlertDispatcher,
     AlertHandler,
     SendResult,
@@ -39,7 +39,7 @@ from megatrio.services._alerts import (
     serve_alerts,
     truncate,
 )
-from megatrio.services._retry_queue import RetryQueue
+from megatrio.services.stores._retry_queue import RetryQueue
 
 from ..http_peer import HANG, open_fake_api
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from megatrio.services._error_pages import accept_of, prefers_json, render_error
+from megatrio.services.http._error_pages import accept_of, prefers_json, render_error
 
 
 @pytest.mark.parametrize(

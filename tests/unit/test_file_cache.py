@@ -24,9 +24,9 @@ import trio
 import trio.testing
 
 from megatrio import ChildSpec, mega_runtime
-from megatrio.services import _file_cache
-from megatrio.services._cache import Cache
-from megatrio.services._file_cache import FileCache
+from megatrio.services.stores import _file_cache
+from megatrio.services.stores._cache import Cache
+from megatrio.services.stores._file_cache import FileCache
 
 from ..helpers import task_names
 
@@ -289,7 +289,7 @@ async def test_rescan_removes_corrupt_and_expired_files(root: Path, clock: FakeC
 
 CRASHING_WRITER = """
 import os, sys, trio
-from megatrio.services._file_cache import FileCache
+from megatrio.services.stores._file_cache import FileCache
 
 def crash(src, dst):
     os._exit(3)  # the process dies between the write and the rename

@@ -6,7 +6,7 @@ import hypercorn.trio.tcp_server
 import hypercorn.trio.worker_context
 import pytest
 
-from megatrio.services import _hypercorn
+from megatrio.services.http import _hypercorn
 
 
 def test_every_internal_megatrio_uses_exists_in_this_hypercorn() -> None:

@@ -6,7 +6,7 @@ import pytest
 import trio
 
 import megatrio
-from megatrio.services._cache import Cache, MemoryCache
+from megatrio.services.stores._cache import Cache, MemoryCache
 
 from ..helpers import task_names
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from megatrio.services._nonce import MemoryNonceStore, NonceVerdict
+from megatrio.services.stores._nonce import MemoryNonceStore, NonceVerdict
 
 pytestmark = pytest.mark.anyio
 

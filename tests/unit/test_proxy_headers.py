@@ -6,8 +6,8 @@ from typing import Any
 
 import pytest
 
-from megatrio.services._asgi import Message, Scope
-from megatrio.services._proxy_headers import TrustedPeers, proxy_headers
+from megatrio.services.http._asgi import Message, Scope
+from megatrio.services.http._proxy_headers import TrustedPeers, proxy_headers
 
 pytestmark = pytest.mark.anyio
 

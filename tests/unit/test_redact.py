@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from megatrio import Redactor
-from megatrio.services._redact import MASK
+from megatrio.services.logs._redact import MASK
 
 
 @pytest.mark.parametrize(

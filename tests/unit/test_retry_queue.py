@@ -19,7 +19,7 @@ import pytest
 import trio
 import trio.testing
 
-from megatrio.services._retry_queue import (
+from megatrio.services.stores._retry_queue import (
     QUEUE_FILE,
     DrainSummary,
     QueuedEntry,

@@ -10,8 +10,8 @@ import stat
 import weakref
 from collections.abc import Iterator, Sequence
 
-from .._config import parse_address
-from .._exceptions import ListenError
+from ..._config._config import parse_address
+from ..._exceptions import ListenError
 
 BACKLOG = 1024
 

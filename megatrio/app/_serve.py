@@ -13,16 +13,16 @@ import anyio
 import attrs
 import trio
 
-from ._config import Config, is_loopback, parse_address
-from ._runtime import Runtime, mega_runtime
+from .._config._config import Config, is_loopback, parse_address
+from .._runtime import Runtime, mega_runtime
+from ..nursery._child import ChildContext, current_child
+from ..services.http._admin import admin_app
+from ..services.http._server import ASGIApp, HttpOptions, health_front, serve_http
+from ..services.http._sockets import bind_listeners, closing_all
+from ..services.logs._redact import Redactor
+from ..supervisor import ChildSpec
+from ._app import App
 from ._stores import open_stores
-from .app import App
-from .nursery._child import ChildContext, current_child
-from .services._admin import admin_app
-from .services._http import ASGIApp, HttpOptions, health_front, serve_http
-from .services._redact import Redactor
-from .services._sockets import bind_listeners, closing_all
-from .supervisor import ChildSpec
 
 log = logging.getLogger("megatrio.serve")
 
@@ -82,7 +82,7 @@ async def serve_app(
     opens and before any listener is announced or served. The sockets are closed on every path.
 
     Start order: the configured stores (Redis, caches with their cleaners, the nonce store;
-    see :func:`~megatrio._stores.open_stores`), ``app.on_start(rt)``, the public HTTP
+    see :func:`~megatrio.app._stores.open_stores`), ``app.on_start(rt)``, the public HTTP
     listener, the admin listener (if ``config.admin_bind``), then ``app.children()`` and
     *extra_children*. Reports started with the bound addresses once all are ready. Stops in
     reverse, then ``app.on_stop(rt)``, then resources.

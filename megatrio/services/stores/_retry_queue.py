@@ -69,7 +69,7 @@ import anyio
 import anyio.to_thread
 import attrs
 
-from .._policy._checks import check_count, check_seconds
+from ..._policy._checks import check_count, check_seconds
 
 log = logging.getLogger("megatrio.retry_queue")
 

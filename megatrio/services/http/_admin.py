@@ -10,9 +10,9 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
-from .._tree import format_tree
-from ._http import ASGIApp, Receive, Scope, Send, send_body, send_json
-from ._redact import Redactor
+from ..logs._redact import Redactor
+from ..logs._tree import format_tree
+from ._server import ASGIApp, Receive, Scope, Send, send_body, send_json
 
 TREE_PATH = "/_megatrio/tree"
 

@@ -30,11 +30,11 @@ from typing import Any, TypeVar
 
 from quart_trio import QuartTrio
 
-from ._runtime import Runtime
-from ._timers import every
-from .services._cache import Cache
-from .services._error_pages import register_error_pages
-from .supervisor import ChildSpec
+from .._runtime import Runtime
+from ..nursery._timer import every
+from ..services.http._error_pages import register_error_pages
+from ..services.stores._cache import Cache
+from ..supervisor import ChildSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
 

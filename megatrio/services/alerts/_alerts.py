@@ -13,7 +13,7 @@ queue (``"queue_error"``). Each dispatch round that saw drops logs them at WARNI
 summary alert ("N alert(s) dropped since the last report"), which bypasses the throttle.
 
 Nothing unredacted leaves the process: records are rendered by the same formatter as the logs
-(:func:`~megatrio.services._logging.build_formatter` with a :class:`Redactor`), and senders
+(:func:`~megatrio.services.logs._logging.build_formatter` with a :class:`Redactor`), and senders
 never log or raise anything carrying their secret URL (a Telegram bot token sits in the URL
 path): transport errors become a masked :class:`SendResult`, and while a sender's client is
 open a filter on httpx's loggers masks its secrets in their request lines.
@@ -40,13 +40,13 @@ import anyio.abc
 import attrs
 import httpx
 
-from .._config import LogFormat
-from .._policy._checks import check_count, check_seconds
-from .._policy._throttle import TokenBucket
-from ..nursery._timer import run_every
-from ._logging import build_formatter
-from ._redact import MASK, Redactor
-from ._retry_queue import DROP_REASONS, QueuedEntry, RetryQueue
+from ..._config._config import LogFormat
+from ..._policy._checks import check_count, check_seconds
+from ..._policy._throttle import TokenBucket
+from ...nursery._timer import run_every
+from ..logs._logging import build_formatter
+from ..logs._redact import MASK, Redactor
+from ..stores._retry_queue import DROP_REASONS, QueuedEntry, RetryQueue
 
 log = logging.getLogger("megatrio.alerts")
 

@@ -1,7 +1,7 @@
 """Every use of hypercorn's internals, in one module.
 
 megatrio binds its listening sockets and runs its own accept loop (see
-:func:`megatrio.services._http.serve_http`), so that one connection's failure stays with that
+:func:`megatrio.services.http._server.serve_http`), so that one connection's failure stays with that
 connection. What it takes from hypercorn is the per-connection server (``TCPServer``: h11,
 h2, WebSocket, TLS ALPN), the ASGI lifespan protocol and the worker context they share. None
 of those is public API: :data:`REQUIRED` lists every name this module relies on, and

@@ -18,13 +18,13 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
-from .._policy._checks import check_count, check_seconds
-from .._policy._ttl_lru import TTLLRU
-from ..nursery._timer import run_every
-from ..supervisor import ChildSpec
+from ..._policy._checks import check_count, check_seconds
+from ..._policy._ttl_lru import TTLLRU
+from ...nursery._spec import ChildSpec
+from ...nursery._timer import run_every
 
 if TYPE_CHECKING:
-    from .._runtime import Runtime
+    from ..._runtime import Runtime
 
 T = TypeVar("T")
 

@@ -13,7 +13,7 @@ from typing import Protocol, final
 import anyio
 import anyio.lowlevel
 
-from .._policy._nonces import NonceVerdict, NonceWindow
+from ..._policy._nonces import NonceVerdict, NonceWindow
 
 NONCE_PREFIX = "mega:nonce"
 

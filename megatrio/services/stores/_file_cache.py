@@ -58,7 +58,7 @@ files: header + key + value, what the directory really holds; filesystem block r
 directories and in-flight temporary files are not counted). A write that would exceed a cap
 first removes expired entries (``"expired"``), then least-recently-used ones (``"capacity"``),
 in O(log n) per removed entry, before it writes. A single entry larger than *max_bytes* is
-refused with ``ValueError``, as :class:`~megatrio.services._cache.MemoryCache` does.
+refused with ``ValueError``, as :class:`~megatrio.MemoryCache` does.
 
 Several processes
 -----------------
@@ -117,10 +117,10 @@ import anyio.abc
 import anyio.lowlevel
 import anyio.to_thread
 
-from .._policy._checks import check_count, check_seconds
-from .._policy._ttl_lru import DROP_CAPACITY, DROP_EXPIRED
-from ..nursery._child import current_child
-from ..nursery._timer import run_every
+from ..._policy._checks import check_count, check_seconds
+from ..._policy._ttl_lru import DROP_CAPACITY, DROP_EXPIRED
+from ...nursery._child import current_child
+from ...nursery._timer import run_every
 
 DROP_CORRUPT: Final = "corrupt"
 DROP_STALE_TEMP: Final = "stale_temp"
@@ -502,7 +502,7 @@ def _scan_shards(
 class FileCache:
     """Cache driver storing one file per entry under *root*; see the module docstring.
 
-    Implements :class:`~megatrio.services._cache.CacheDriver`. At most *max_entries* entry
+    Implements :class:`~megatrio.CacheDriver`. At most *max_entries* entry
     files and *max_bytes* bytes of them (as this process sees the directory); per-entry TTL in
     wall-clock seconds from *clock*; least recently used entries go first, expired ones before
     them. Drops are counted by reason in :attr:`drops`: ``"expired"``, ``"capacity"``,

@@ -42,9 +42,9 @@ from collections.abc import Callable, Sequence
 import attrs
 import trio
 
-from .._policy._throttle import TokenBucket
-from ..nursery._child import ChildContext, current_child
-from ..nursery._errors import describe, log_exception, split_exit
+from ..._policy._throttle import TokenBucket
+from ...nursery._child import ChildContext, current_child
+from ...nursery._errors import describe, log_exception, split_exit
 from ._asgi import ASGIApp as ASGIApp
 from ._asgi import Message as Message
 from ._asgi import Receive as Receive

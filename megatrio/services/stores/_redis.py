@@ -37,11 +37,11 @@ from coredis.pool import ConnectionPool
 from coredis.retry import ConstantRetryPolicy
 from coredis.tokens import PureToken
 
-from .._exceptions import MegatrioError
-from .._policy._checks import check_seconds
-from .._policy._nonces import NonceVerdict
-from ..nursery._child import current_child
-from ..nursery._errors import describe, unwrap_group
+from ..._exceptions import MegatrioError
+from ..._policy._checks import check_seconds
+from ..._policy._nonces import NonceVerdict
+from ...nursery._child import current_child
+from ...nursery._errors import describe, unwrap_group
 from ._nonce import NONCE_PREFIX
 
 log = logging.getLogger("megatrio.redis")
@@ -63,7 +63,7 @@ class BackendUnavailable(MegatrioError):
 class CacheUnavailable(BackendUnavailable):
     """A cache operation could not be completed because its backend is unavailable.
 
-    Raised by :class:`RedisCache` (so by :class:`~megatrio.services._cache.Cache` methods) when
+    Raised by :class:`RedisCache` (so by :class:`~megatrio.Cache` methods) when
     Redis refuses the connection, drops it, does not reply within the stream timeout, or
     refuses the command (``OOM`` with ``maxmemory-policy noeviction``, a read-only replica).
     A cache never reports such a failure as a miss: the caller decides whether to serve
@@ -389,7 +389,7 @@ def ttl_milliseconds(seconds: float) -> int:
 
 @final
 class RedisCache:
-    """:class:`~megatrio.services._cache.CacheDriver` on Redis: GET, SET PX, DEL, EXISTS.
+    """:class:`~megatrio.CacheDriver` on Redis: GET, SET PX, DEL, EXISTS.
 
     Keys are the facade's full keys (``mega:cache:<app>:<key>``) and values its bytes, stored
     as Redis strings; a TTL becomes ``PX`` (rounded up to whole milliseconds) and ``None``
@@ -480,7 +480,7 @@ def _escape(part: str) -> str:
 
 @final
 class RedisNonceStore:
-    """:class:`~megatrio.services._nonce.NonceStore` on Redis, shared by every process.
+    """:class:`~megatrio.NonceStore` on Redis, shared by every process.
 
     A message is fresh while ``|now - timestamp| <= skew_seconds`` by *clock* (wall-clock
     time, as message timestamps come from other machines). A fresh message is remembered with

@@ -29,7 +29,7 @@ from typing import Any, Final
 
 import attrs
 
-from ._exceptions import ConfigError
+from .._exceptions import ConfigError
 
 ENV_PREFIX: Final = "MEGATRIO_"
 INTERNAL_ENV_PREFIX: Final = "MEGATRIO__"

@@ -7,19 +7,19 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ._config import CacheConfig, CacheDriverKind, Config, NonceDriverKind
-from ._policy._throttle import TokenBucket
-from ._runtime import Runtime
-from .services._cache import CacheDriver, MemoryCache, open_cache
-from .services._file_cache import FileCache
-from .services._nonce import MemoryNonceStore
-from .services._redact import Redactor
-from .services._retry_queue import RetryQueue
-from .supervisor import ChildSpec
+from .._config._config import CacheConfig, CacheDriverKind, Config, NonceDriverKind
+from .._policy._throttle import TokenBucket
+from .._runtime import Runtime
+from ..services.logs._redact import Redactor
+from ..services.stores._cache import CacheDriver, MemoryCache, open_cache
+from ..services.stores._file_cache import FileCache
+from ..services.stores._nonce import MemoryNonceStore
+from ..services.stores._retry_queue import RetryQueue
+from ..supervisor import ChildSpec
 
 if TYPE_CHECKING:
-    from .services._alerts import AlertSender
-    from .services._redis import RedisClient
+    from ..services.alerts._alerts import AlertSender
+    from ..services.stores._redis import RedisClient
 
 
 async def open_stores(rt: Runtime, config: Config, *, directory: Path | None = None) -> None:
@@ -38,7 +38,7 @@ async def open_stores(rt: Runtime, config: Config, *, directory: Path | None = N
     # coredis and httpx are imported only by a process that uses them.
     client: RedisClient | None = None
     if config.redis_url:
-        from .services._redis import open_redis
+        from ..services.stores._redis import open_redis
 
         client = await rt.enter_async_context(open_redis(config.redis_url))
     base = Path.cwd() if directory is None else directory
@@ -46,7 +46,7 @@ async def open_stores(rt: Runtime, config: Config, *, directory: Path | None = N
         driver = await _driver(alias, cache_config, client, base)
         await open_cache(rt, alias, driver)
     if config.nonce_driver is NonceDriverKind.REDIS:
-        from .services._redis import RedisNonceStore
+        from ..services.stores._redis import RedisNonceStore
 
         assert client is not None  # Config refuses a redis nonce store without redis_url
         rt.nonces = RedisNonceStore(
@@ -62,7 +62,7 @@ async def open_stores(rt: Runtime, config: Config, *, directory: Path | None = N
 async def _open_alerts(rt: Runtime, config: Config, base: Path) -> None:
     if not (config.alerts_telegram_bot_token or config.alerts_webhook_url):
         return
-    from .services._alerts import AlertHandler, TelegramSender, WebhookSender, serve_alerts
+    from ..services.alerts._alerts import AlertHandler, TelegramSender, WebhookSender, serve_alerts
 
     sender: AlertSender
     if config.alerts_telegram_bot_token:
@@ -97,7 +97,7 @@ async def _driver(
 ) -> CacheDriver:
     max_bytes = config.max_bytes or None
     if config.driver is CacheDriverKind.REDIS:
-        from .services._redis import RedisCache
+        from ..services.stores._redis import RedisCache
 
         assert client is not None  # Config refuses a redis cache without redis_url
         return RedisCache(client)
