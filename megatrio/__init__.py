@@ -21,6 +21,7 @@ from ._exceptions import SupervisorNotRunning as SupervisorNotRunning
 from ._policy._nonces import NonceVerdict as NonceVerdict
 from ._runtime import Runtime as Runtime
 from ._runtime import mega_runtime as mega_runtime
+from ._util import fixup_module_metadata as _fixup_module_metadata
 from .app._app import App as App
 from .app._serve import Serving as Serving
 from .app._serve import serve_app as serve_app
@@ -80,6 +81,7 @@ def __getattr__(name: str) -> object:
     if module is None:
         raise AttributeError(f"module 'megatrio' has no attribute {name!r}")
     value = getattr(_importlib.import_module(module, __name__), name)
+    _fixup_module_metadata(__name__, {name: value})
     globals()[name] = value
     return value
 
@@ -137,3 +139,5 @@ __all__ = (
     "serve_alerts",
     "serve_app",
 )
+
+_fixup_module_metadata(__name__, {n: v for n, v in globals().items() if n in __all__})
