@@ -10,6 +10,10 @@ def format_tree(snapshot: Mapping[str, Any]) -> str:
     """Render a :meth:`Supervisor.snapshot` (or ``Runtime.snapshot()``) as an indented tree.
 
     One line per supervisor and per child: state, uptime, restart count and the last error.
+    The snapshot is rendered as it is, unredacted: an error text carries whatever its
+    exception message carried. To show it to anyone, redact it first —
+    ``format_tree(Redactor(redact_keys).redact(snapshot))`` — as the admin listener and the
+    console's ``tree()`` do.
     """
     lines: list[str] = []
     _supervisor_lines(snapshot, "", lines)

@@ -25,7 +25,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import IO, Any, NoReturn, cast
 
 import trio
 
@@ -436,13 +436,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _console(args: argparse.Namespace) -> int:
-    from ._console import run_console
+    from ._console import PromptAwareStream, run_console
 
     config = _config_from(args)
     if config.workers > 1 and args.workers is not None:
         _fail(f"the console serves one process: --workers {args.workers} is for megatrio run")
     target, _ = _target_from(args)
-    _configure_logging(config, stream=sys.stderr)
+    # Records go to stderr, and around the prompt when it is on a terminal (see _console).
+    log_stream = PromptAwareStream(sys.stderr)
+    _configure_logging(config, stream=cast("IO[str]", log_stream))
     if config.workers > 1:
         log.warning(
             "the console serves one process: workers = %d from the configuration is ignored",
@@ -451,7 +453,7 @@ def _console(args: argparse.Namespace) -> int:
     app = _load_app(target, config)
     if app is None:
         return EXIT_FATAL
-    return run_console(app, config)
+    return run_console(app, config, log_stream=log_stream)
 
 
 def _tree(args: argparse.Namespace) -> int:
