@@ -19,6 +19,14 @@ worker at once, and waits for them until ``now + grace_seconds``; whoever is lef
 primary exits 0 when every worker exited within the grace, 1 otherwise. A second signal kills
 at once. A worker watches a pipe whose only writer is the primary: when the primary dies, even
 by SIGKILL, the pipe reaches EOF and the worker stops.
+
+Reloading (``--reload``): a reloader child (see ``_reload.py``) restarts every worker, one after
+the other, when the app's sources change: ``stop_child`` then ``start_child`` of the same spec,
+which is never a crash, so no reload counts against the rapid-crash window. Only workers are
+restarted; the primary keeps the sockets, and connections wait in the backlog. A worker that
+fails before it is ready — the app does not load, ``setup()`` or ``on_start`` raises — is
+reported once per reload and left stopped until the next change, instead of being restarted
+or stopping the primary.
 """
 
 from __future__ import annotations
@@ -39,7 +47,14 @@ import attrs
 import trio
 
 from ._config._config import Config, config_from_json, config_to_json
-from ._exceptions import AppLoadError, AppNotFound, MegatrioError, RestartIntensityExceeded
+from ._exceptions import (
+    AppLoadError,
+    AppNotFound,
+    MegatrioError,
+    RestartIntensityExceeded,
+    StartupFailed,
+    SupervisorNotRunning,
+)
 from ._exit import EXIT_FATAL, EXIT_FORCED, EXIT_OK, EXIT_USAGE
 from ._runtime import Runtime, mega_runtime
 from ._target import format_load_error, load_app, parse_target
@@ -161,6 +176,7 @@ class Cluster:
         sockets: list[socket.socket],
         *,
         factory: bool = False,
+        reloading: bool = False,
     ) -> None:
         self.target = target
         self.app_dir = app_dir
@@ -179,8 +195,14 @@ class Cluster:
         self.rt: Runtime | None = None
         self._procs: dict[int, trio.Process] = {}
         self._terminated: set[int] = set()
-        self.workers = worker_supervisor(
-            [
+        self.reloading = reloading
+        """Whether the workers are restarted on source changes (``--reload``)."""
+        self._generation = 0
+        """Reloads so far: a failure is reported once per generation of workers."""
+        self._reported_generation = -1
+        self._specs = {
+            spec.name: spec
+            for spec in (
                 ChildSpec(
                     f"worker-{index}",
                     self.run_worker,
@@ -189,9 +211,9 @@ class Cluster:
                     shutdown_seconds=config.grace_seconds + 2 * KILL_SECONDS,
                 )
                 for index in range(1, config.workers + 1)
-            ],
-            config,
-        )
+            )
+        }
+        self.workers = worker_supervisor(list(self._specs.values()), config)
 
     @property
     def stopping(self) -> bool:
@@ -263,6 +285,50 @@ class Cluster:
         for index, proc in self._procs.items():
             self._terminate(index, proc)
         log.info("stopping %d worker(s) within %g s", len(self._procs), self.config.grace_seconds)
+
+    async def reload_workers(self, paths: Sequence[str]) -> None:
+        """Restart every worker, one after the other, so each loads the sources anew; *paths*
+        (what changed) are named in the one line logged.
+
+        Each restart is ``stop_child`` (a graceful stop within ``grace_seconds``, never a
+        crash) then ``start_child`` of the same spec, which returns once the new process is
+        spawned; it is up once it reports ready. Returns early when the primary is stopping.
+        """
+        from ._reload import describe_changes
+
+        if self.stopping:
+            return
+        log.info(
+            "%s changed: reloading %d worker(s)",
+            describe_changes(paths, cwd=Path.cwd()),
+            len(self._specs),
+        )
+        self._generation += 1
+        for name, spec in self._specs.items():
+            try:
+                with contextlib.suppress(LookupError):  # not there: only start it
+                    await self.workers.stop_child(name)
+                await self.workers.start_child(spec)
+            except SupervisorNotRunning:
+                return  # the primary is stopping: no worker is to start again
+            except StartupFailed as exc:
+                log.error("cannot restart %s: %s", name, exc.__cause__ or exc)
+
+    def _report_boot_failure(
+        self, index: int, proc: trio.Process, failure: tuple[int, str] | None
+    ) -> None:
+        """With ``--reload``: say, once per generation of workers, why they cannot serve."""
+        if self._reported_generation == self._generation:
+            return  # the other workers fail the same way
+        self._reported_generation = self._generation
+        if failure is not None:
+            sys.stderr.write(failure[1])
+            sys.stderr.flush()
+            log.error("worker %d cannot load the app: waiting for a change to reload", index)
+        else:
+            assert proc.returncode is not None
+            error = WorkerExited(index, proc.pid, proc.returncode, booted=False)
+            log.error("%s: waiting for a change to reload", error)
 
     def _terminate(self, index: int, proc: trio.Process) -> None:
         # Exactly one SIGTERM per worker: a second one means "stop at once" to the worker.
@@ -382,6 +448,12 @@ class Cluster:
             await ctx.wait_stopping()
             return
         failure = status.failure()
+        if self.reloading and (failure is not None or not status.ready):
+            # The sources as they are now cannot serve: starting them again would fail the
+            # same way. The next change stops this child and starts a fresh one.
+            self._report_boot_failure(index, proc, failure)
+            await ctx.wait_stopping()
+            return
         if failure is not None:
             # Every worker would fail the same way: no restart. The first report is printed,
             # once; the others arrive while stopping and are dropped above.
@@ -423,10 +495,19 @@ class Cluster:
 
 
 async def serve_cluster(
-    target: str, app_dir: Path, config: Config, *, factory: bool = False
+    target: str,
+    app_dir: Path,
+    config: Config,
+    *,
+    factory: bool = False,
+    reload_dirs: Sequence[Path] | None = None,
 ) -> int:
     """Run the primary for the app *target* (resolved in *app_dir* by each worker, called
     when *factory*) until stopped; returns the process exit code.
+
+    With *reload_dirs*, a reloader child watches them and restarts the workers when a ``.py``
+    file there changes; a worker that cannot load the app then waits for the next change
+    instead of stopping the primary.
 
     Every listener — the public ones the workers inherit and the primary's admin listener —
     is bound before anything starts, and closed on every path.
@@ -443,7 +524,9 @@ async def serve_cluster(
     admin_binds = [config.admin_bind] if config.admin_bind else []
     with closing_all(bind_listeners([*config.bind, *admin_binds])) as bound:
         sockets, admin = list(bound[: len(config.bind)]), bound[len(config.bind) :]
-        cluster = Cluster(target, app_dir, config, sockets, factory=factory)
+        cluster = Cluster(
+            target, app_dir, config, sockets, factory=factory, reloading=reload_dirs is not None
+        )
         try:
             async with mega_runtime(
                 name="primary",
@@ -464,6 +547,17 @@ async def serve_cluster(
                 await rt.start_child(
                     ChildSpec("workers", cluster.run_workers, shutdown_seconds=math.inf)
                 )
+                if reload_dirs is not None:
+                    from ._reload import serve_reloader
+
+                    await rt.start_child(
+                        ChildSpec(
+                            "reloader",
+                            serve_reloader,
+                            (reload_dirs, cluster.reload_workers),
+                            shutdown_seconds=2.0,
+                        )
+                    )
                 await rt.start_child(ChildSpec("stopper", cluster.stop_workers_on_stop))
                 # Nothing is announced before the app is known to load; a load failure stops
                 # the runtime, which cancels this wait.

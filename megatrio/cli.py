@@ -29,7 +29,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import IO, Any, NoReturn, cast
 
 import trio
 
@@ -249,6 +249,20 @@ def _parser() -> _Parser:
         epilog=f"{_environment_help()}\n\n{_EXIT_CODES}",
     )
     add_serving_options(run, workers_help="worker processes under a supervising primary")
+    run.add_argument(
+        "--reload",
+        action="store_true",
+        help="for development: restart the worker process(es) when a .py file under the app "
+        "directory changes, keeping the listening sockets open (default: off)",
+    )
+    run.add_argument(
+        "--reload-dir",
+        action="append",
+        type=Path,
+        metavar="DIR",
+        help="with --reload, watch DIR instead of the app directory; repeatable "
+        "(default: the directory the app's module is imported from)",
+    )
     console = commands.add_parser(
         "console",
         help="serve an App with a REPL (rt and app in scope)",
@@ -376,19 +390,49 @@ def _fail(message: str) -> NoReturn:
     raise _UsageError(message)
 
 
+def _reload_dirs(args: argparse.Namespace, target: AppTarget, config: Config) -> list[Path] | None:
+    """The directories ``--reload`` watches (default: the one the app's module is imported
+    from), or None without ``--reload``."""
+    if not args.reload:
+        if args.reload_dir:
+            _fail("command-line option --reload-dir needs --reload")
+        return None
+    if config.uds:
+        _fail("--reload cannot serve uds: its primary binds only the bind addresses")
+    try:
+        import watchfiles  # noqa: F401
+    except ImportError:
+        _fail("--reload needs the watchfiles package: pip install 'megatrio[reload]'")
+    dirs: list[Path] = []
+    for directory in args.reload_dir or [target.directory]:
+        if not directory.is_dir():
+            _fail(f"command-line option --reload-dir: not a directory: {str(directory)!r}")
+        if directory.resolve() not in dirs:
+            dirs.append(directory.resolve())
+    return dirs
+
+
 def _run(args: argparse.Namespace) -> int:
     from .app._serve import serve_app
 
     config = _config_from(args)
     target, app_dir = _target_from(args)
+    reload_dirs = _reload_dirs(args, target, config)
     _configure_logging(config)
-    if config.workers > 1:
+    if config.workers > 1 or reload_dirs is not None:
         from ._cluster import serve_cluster
 
         check_target(target)
         _freeze_startup_objects()
         return trio.run(
-            functools.partial(serve_cluster, args.target, app_dir, config, factory=args.factory)
+            functools.partial(
+                serve_cluster,
+                args.target,
+                app_dir,
+                config,
+                factory=args.factory,
+                reload_dirs=reload_dirs,
+            )
         )
     app = _load_app(target, config)
     if app is None:
@@ -404,13 +448,15 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _console(args: argparse.Namespace) -> int:
-    from ._console import run_console
+    from ._console import PromptAwareStream, run_console
 
     config = _config_from(args)
     if config.workers > 1 and args.workers is not None:
         _fail(f"the console serves one process: --workers {args.workers} is for megatrio run")
     target, _ = _target_from(args)
-    _configure_logging(config, stream=sys.stderr)
+    # Records go to stderr, and around the prompt when it is on a terminal (see _console).
+    log_stream = PromptAwareStream(sys.stderr)
+    _configure_logging(config, stream=cast("IO[str]", log_stream))
     if config.workers > 1:
         log.warning(
             "the console serves one process: workers = %d from the configuration is ignored",
@@ -419,7 +465,7 @@ def _console(args: argparse.Namespace) -> int:
     app = _load_app(target, config)
     if app is None:
         return EXIT_FATAL
-    return run_console(app, config)
+    return run_console(app, config, log_stream=log_stream)
 
 
 def _tree(args: argparse.Namespace) -> int:

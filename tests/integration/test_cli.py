@@ -558,7 +558,7 @@ def test_run_help_shows_defaults_variables_precedence_and_exit_codes() -> None:
         "--workers", "--log-level", "--log-format", "--app-dir", "--factory", "--uds",
         "--shutdown-delay-seconds",
         "--keep-alive-timeout-seconds", "--max-concurrent-connections", "--root-path",
-        "--forwarded-allow-ips", "--certfile", "--keyfile",
+        "--forwarded-allow-ips", "--certfile", "--keyfile", "--reload", "--reload-dir",
     }  # fmt: skip
     for option, lines in options.items():
         assert "(default: " in _flat(lines), f"{option} does not show its default"

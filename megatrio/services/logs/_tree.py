@@ -12,6 +12,11 @@ def format_tree(snapshot: Mapping[str, Any]) -> str:
     One line per supervisor — strategy, state, how much of the restart window is used
     (``restarts in window 1/3 in 5 s``) and the run's restarts in all — and one per child:
     state, uptime, restarts and the last error.
+
+    The snapshot is rendered as it is, unredacted: an error text carries whatever its
+    exception message carried. To show it to anyone, redact it first —
+    ``format_tree(Redactor(redact_keys).redact(snapshot))`` — as the admin listener and the
+    console's ``tree()`` do.
     """
     lines: list[str] = []
     _supervisor_lines(snapshot, "", lines)
