@@ -21,9 +21,9 @@ port. The app (``bench/cluster_apps.py``) answers ``GET /`` with a 13-byte body 
    public port every ``poll`` seconds; the kernel hands connections to the live workers in
    turn). With no backoff a respawn is mostly interpreter start-up, importing the app and
    starting to serve. Baselines, interleaved in the same run: ``python -c pass``,
-   ``python -c "import megatrio"``, importing what a worker imports (``megatrio.cli``,
-   ``megatrio._cluster``, ``megatrio._serve`` and the app module) — each from spawn to the end
-   of the script, the interpreter's finalization timed separately — and a complete
+   ``python -c "import megatrio"``, importing what a worker imports
+   (``megatrio.cli._worker``, ``megatrio.app._serve`` and the app module) — each from spawn to
+   the end of the script, the interpreter's finalization timed separately — and a complete
    ``python -m megatrio run bench.cluster_apps:app --workers 1`` from spawn to its first HTTP
    answer (polled every 5 ms).
 2. SIGTERM-to-exit: start the server, wait until every worker is ready, leave it idle for
@@ -93,7 +93,7 @@ STOP_TIMEOUT = 15.0  # a measured SIGTERM-to-exit longer than this counts as a f
 KILL_AFTER = 5.0  # cleanup: SIGTERM, then SIGKILL after this long
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TREE_PATH = "/_megatrio/tree"
-WORKER_IMPORTS = "import megatrio.cli, megatrio._cluster, megatrio._serve, bench.cluster_apps"
+WORKER_IMPORTS = "import megatrio.cli._worker, megatrio.app._serve, bench.cluster_apps"
 
 
 class BenchError(Exception):
@@ -782,7 +782,7 @@ class Bench:
             Row("1i", "respawn: replacement spawned -> ready, p50", ms(median(boot)),
                 f'{ms(imp)} (python -c "import megatrio", p50)', median(boot) / imp),
             Row("1j", "respawn: replacement spawned -> ready, p50", ms(median(boot)),
-                f"{ms(worker_imp)} (python -c: import megatrio.cli+_cluster+_serve+app)",
+                f"{ms(worker_imp)} (python -c: import megatrio.cli._worker+app._serve+app)",
                 median(boot) / worker_imp),
         ]  # fmt: skip
 

@@ -127,14 +127,7 @@ async def serve_app(
             )
             admin_urls: object = []
             if admin:
-                admin_urls = await rt.start_child(
-                    ChildSpec(
-                        "admin",
-                        serve_http_on,
-                        (admin_app(rt.snapshot, redactor), admin, "admin", 1.0),
-                        shutdown_seconds=1.0,
-                    )
-                )
+                admin_urls = await rt.start_child(admin_spec(rt, redactor, admin))
             for spec in (*app.children(), *extra_children):
                 await rt.start_child(spec)
             readiness.started = True
@@ -143,6 +136,57 @@ async def serve_app(
             task_status.started(Serving(tuple(http_urls), tuple(admin_urls)))
             await anyio.sleep_forever()
         return rt.forced
+
+
+ADMIN_GRACE_SECONDS = 1.0
+"""The admin listener only answers short introspection requests; its drain is brief."""
+
+
+def admin_spec(
+    rt: Runtime,
+    redactor: Redactor,
+    sockets: Sequence[socket.socket],
+    *,
+    opens_after: trio.Event | None = None,
+) -> ChildSpec:
+    """The ``admin`` child: the tree and health endpoints of *rt* on *sockets*.
+
+    With *opens_after* the child reports started at once but serves only once that event is
+    set, and never if it is asked to stop first (a cluster primary opens its admin listener
+    only when a worker has loaded the app). It reports the bound URLs only without it.
+    """
+    return ChildSpec(
+        "admin",
+        _serve_admin,
+        (admin_app(rt.snapshot, redactor), sockets, opens_after),
+        shutdown_seconds=ADMIN_GRACE_SECONDS,
+    )
+
+
+async def _serve_admin(
+    asgi: ASGIApp,
+    sockets: Sequence[socket.socket],
+    opens_after: trio.Event | None,
+    *,
+    task_status: trio.TaskStatus[list[str] | None] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    if opens_after is None:
+        await serve_http_on(asgi, sockets, "admin", ADMIN_GRACE_SECONDS, task_status=task_status)
+        return
+    ctx = current_child()
+    assert ctx is not None
+    task_status.started(None)
+    async with trio.open_nursery() as gate:
+
+        async def open_on_stop() -> None:
+            await ctx.wait_stopping()
+            gate.cancel_scope.cancel()
+
+        gate.start_soon(open_on_stop)
+        await opens_after.wait()
+        gate.cancel_scope.cancel()
+    if not ctx.stopping:
+        await serve_http_on(asgi, sockets, "admin", ADMIN_GRACE_SECONDS)
 
 
 async def serve_http_on(

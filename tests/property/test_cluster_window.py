@@ -1,7 +1,7 @@
 """The cluster primary gives up exactly when the rapid-crash window says so.
 
 N puppet workers run under exactly the supervisor the primary builds,
-:func:`megatrio._cluster.worker_supervisor`, with the default (jittered) backoff seeded through
+:func:`megatrio.cli._primary.worker_supervisor`, with the default (jittered) backoff seeded through
 its *random_source*, under a clock that only moves when a rule jumps it (see
 :mod:`tests.property.puppets`). Workers crash rapidly, crash after ``worker_min_uptime_seconds``
 of uptime, return cleanly (a permanent child: restarted, and counted when it was up for less
@@ -37,7 +37,7 @@ from hypothesis.stateful import (
 )
 
 from megatrio import Backoff, Config, RestartIntensityExceeded, Supervisor, SupervisorNotRunning
-from megatrio._cluster import worker_supervisor
+from megatrio.cli._primary import worker_supervisor
 from tests.property.puppets import Incarnation, PuppetCrash, PuppetTree
 from tests.property.strategies import ReferenceWindow
 

@@ -10,7 +10,7 @@ import pytest
 
 import megatrio
 from megatrio import App, AppNotFound, ChildSpec
-from megatrio.cli import resolve_app
+from megatrio.cli._main import resolve_app
 
 
 def test_decorators_register_routes_and_children_in_order() -> None:

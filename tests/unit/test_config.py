@@ -171,7 +171,7 @@ def test_bad_serving_option_flags_and_variables_name_their_source(tmp_path: Path
 def test_run_flags_reach_the_serving_options(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from megatrio import cli
+    from megatrio.cli import _main as cli
 
     monkeypatch.chdir(tmp_path)
     for name in [n for n in os.environ if n.startswith("MEGATRIO_")]:

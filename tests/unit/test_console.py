@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from megatrio._console import format_user_traceback
+from megatrio.cli._console import format_user_traceback
 
 
 def _raised_through_machinery(source: str) -> BaseException:

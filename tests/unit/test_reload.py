@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from watchfiles import Change
 
-from megatrio._reload import SourceFilter, describe_changes, forget_bytecode
+from megatrio.cli._reload import SourceFilter, describe_changes, forget_bytecode
 
 ROOT = Path("/srv/shop")
 

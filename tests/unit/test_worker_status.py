@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from megatrio._cluster import WorkerStatus
+from megatrio.cli._protocol import WorkerStatus
 
 
 def test_loaded_then_ready_in_any_chunking() -> None:

@@ -38,13 +38,13 @@ import trio
 
 import megatrio
 
-from ._config._config import Config
-from ._exceptions import ListenError
-from .app._app import App
-from .app._serve import Serving, serve_app
-from .nursery._errors import unwrap_group
-from .services.logs._redact import Redactor
-from .services.logs._tree import format_tree
+from .._config._config import Config
+from .._exceptions import ListenError
+from ..app._app import App
+from ..app._serve import Serving, serve_app
+from ..nursery._errors import unwrap_group
+from ..services.logs._redact import Redactor
+from ..services.logs._tree import format_tree
 
 log = logging.getLogger("megatrio.console")
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import gc
 import json
 import logging
 import sys
@@ -33,7 +32,7 @@ from typing import IO, Any, NoReturn, cast
 
 import trio
 
-from ._config._config import (
+from .._config._config import (
     Config,
     LogFormat,
     LogLevel,
@@ -42,13 +41,14 @@ from ._config._config import (
     parse_address,
     unknown_environment_variables,
 )
-from ._exceptions import AppLoadError, AppNotFound, ConfigError, ListenError
+from .._exceptions import AppLoadError, AppNotFound, ConfigError, ListenError
+from ..app._app import App
+from ..services.http._admin import TREE_PATH
+from ..services.logs._logging import configure_logging
+from ..services.logs._redact import Redactor
 from ._exit import EXIT_FATAL, EXIT_FORCED, EXIT_OK, EXIT_USAGE
+from ._startup import freeze_startup_objects
 from ._target import AppTarget, check_target, format_load_error, load_app, parse_target
-from .app._app import App
-from .services.http._admin import TREE_PATH
-from .services.logs._logging import configure_logging
-from .services.logs._redact import Redactor
 
 log = logging.getLogger("megatrio.cli")
 
@@ -119,7 +119,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> _Parser:
-    from . import __version__
+    from .. import __version__
 
     parser = _Parser(
         prog="megatrio",
@@ -375,17 +375,6 @@ def _load_app(target: AppTarget, config: Config) -> App | None:
         return None
 
 
-def _freeze_startup_objects() -> None:
-    """Move everything allocated so far (modules, the app) out of the cyclic GC's reach.
-
-    Imported modules hold a large, immortal object graph; without this every full collection
-    walks it again while requests are served (bench/bench_http.py showed it in CPU per request
-    and p99 latency).
-    """
-    gc.collect()
-    gc.freeze()
-
-
 def _fail(message: str) -> NoReturn:
     raise _UsageError(message)
 
@@ -413,17 +402,17 @@ def _reload_dirs(args: argparse.Namespace, target: AppTarget, config: Config) ->
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .app._serve import serve_app
+    from ..app._serve import serve_app
 
     config = _config_from(args)
     target, app_dir = _target_from(args)
     reload_dirs = _reload_dirs(args, target, config)
     _configure_logging(config)
     if config.workers > 1 or reload_dirs is not None:
-        from ._cluster import serve_cluster
+        from ._primary import serve_cluster
 
         check_target(target)
-        _freeze_startup_objects()
+        freeze_startup_objects()
         return trio.run(
             functools.partial(
                 serve_cluster,
@@ -437,7 +426,7 @@ def _run(args: argparse.Namespace) -> int:
     app = _load_app(target, config)
     if app is None:
         return EXIT_FATAL
-    _freeze_startup_objects()
+    freeze_startup_objects()
     try:
         forced = trio.run(serve_app, app, config)
     except ListenError:
@@ -502,7 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "console":
             return _console(args)
         if args.command == "worker-process":
-            from ._cluster import worker_process_main
+            from ._worker import worker_process_main
 
             return worker_process_main(
                 args.target,

@@ -20,7 +20,7 @@ from pathlib import Path
 import trio
 from watchfiles import Change, DefaultFilter, awatch
 
-from .nursery._child import current_child
+from ..nursery._child import current_child
 
 log = logging.getLogger("megatrio.reload")
 

@@ -23,11 +23,11 @@ from typing import Any
 
 import attrs
 
-from ._exceptions import AppLoadError, AppNotFound
-from .app._app import App
-from .services.logs._redact import Redactor
+from .._exceptions import AppLoadError, AppNotFound
+from ..app._app import App
+from ..services.logs._redact import Redactor
 
-_PACKAGE_DIR = str(Path(__file__).resolve().parent) + os.sep
+_PACKAGE_DIR = str(Path(__file__).resolve().parents[1]) + os.sep
 _IMPORTLIB_DIR = str(Path(importlib.__file__).resolve().parent) + os.sep
 
 

@@ -41,38 +41,27 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
 
-import attrs
 import trio
 
-from ._config._config import Config, config_from_json, config_to_json
-from ._exceptions import (
-    AppLoadError,
-    AppNotFound,
+from .._config._config import Config, config_to_json
+from .._exceptions import (
     MegatrioError,
     RestartIntensityExceeded,
     StartupFailed,
     SupervisorNotRunning,
 )
+from .._runtime import Runtime, mega_runtime
+from ..app._serve import admin_spec
+from ..nursery._child import ChildContext, current_child
+from ..services.http._sockets import bind_listeners, closing_all
+from ..services.logs._redact import Redactor
+from ..supervisor import ChildSpec, Strategy, Supervisor
 from ._exit import EXIT_FATAL, EXIT_FORCED, EXIT_OK, EXIT_USAGE
-from ._runtime import Runtime, mega_runtime
-from ._target import format_load_error, load_app, parse_target
-from .app._app import App
-from .app._serve import serve_app, serve_http_on
-from .nursery._child import ChildContext, current_child
-from .nursery._errors import unwrap_group
-from .services.http._admin import admin_app
-from .services.http._server import ASGIApp
-from .services.http._sockets import bind_listeners, closing_all
-from .services.logs._logging import configure_logging
-from .services.logs._redact import Redactor
-from .supervisor import ChildSpec, Strategy, Supervisor
+from ._protocol import CONFIG_ENV, WorkerStatus
 
 log = logging.getLogger("megatrio.cluster")
 
-CONFIG_ENV = "MEGATRIO__CONFIG"
-"""The environment variable carrying the primary's config (JSON) to its workers."""
 KILL_SECONDS = 5.0
 """How long to wait for a killed worker to be reaped."""
 
@@ -91,41 +80,6 @@ class WorkerExited(MegatrioError):
         self.pid = pid
         self.returncode = returncode
         self.booted = booted
-
-
-class WorkerStatus:
-    """What a worker said on its status pipe, parsed from the bytes fed to it (sans-IO).
-
-    The pipe goes one way, worker to primary: ``loaded`` once the app is imported and built,
-    then ``ready`` once it serves; or, instead, ``failed CODE`` and then, until EOF, the
-    report to print — the worker could not load the app, and the primary should stop with
-    exit code CODE (2: the target is wrong; 1: the app's own code raised). Lines end in
-    ``\n``.
-    """
-
-    def __init__(self) -> None:
-        self.loaded = False
-        self.ready = False
-        self._buffer = b""
-        self._failed_code: int | None = None
-
-    def feed(self, data: bytes) -> None:
-        self._buffer += data
-        while self._failed_code is None and b"\n" in self._buffer:
-            line, self._buffer = self._buffer.split(b"\n", 1)
-            if line == b"loaded":
-                self.loaded = True
-            elif line == b"ready":
-                self.ready = True
-            elif line.startswith(b"failed "):
-                code = line.removeprefix(b"failed ")
-                self._failed_code = int(code) if code.isdigit() else EXIT_FATAL
-
-    def failure(self) -> tuple[int, str] | None:
-        """``(exit code, report)`` once the pipe reached EOF after ``failed``, else None."""
-        if self._failed_code is None:
-            return None
-        return self._failed_code, self._buffer.decode(errors="replace")
 
 
 def describe_exit(returncode: int) -> str:
@@ -240,31 +194,6 @@ class Cluster:
                 exc.__cause__,
             )
             raise
-
-    async def serve_admin(
-        self,
-        asgi: ASGIApp,
-        sockets: Sequence[socket.socket],
-        *,
-        task_status: trio.TaskStatus[None],
-    ) -> None:
-        """The admin listener, the primary's first child (so it is stopped last and shows the
-        workers' stop). Its socket is bound with the public ones, but it is served only once a
-        worker has loaded the app: a primary whose app cannot load never announces it."""
-        ctx = current_child()
-        assert ctx is not None
-        task_status.started()
-        async with trio.open_nursery() as gate:
-
-            async def open_on_stop() -> None:
-                await ctx.wait_stopping()
-                gate.cancel_scope.cancel()
-
-            gate.start_soon(open_on_stop)
-            await self.app_loaded.wait()
-            gate.cancel_scope.cancel()
-        if not ctx.stopping:
-            await serve_http_on(asgi, sockets, "admin", 1.0)
 
     async def stop_workers_on_stop(self, *, task_status: trio.TaskStatus[None]) -> None:
         """Started last, so stopped first: begins the stop of every worker at once."""
@@ -537,12 +466,7 @@ async def serve_cluster(
                 cluster.rt = rt
                 if admin:
                     await rt.start_child(
-                        ChildSpec(
-                            "admin",
-                            cluster.serve_admin,
-                            (admin_app(rt.snapshot, redactor), admin),
-                            shutdown_seconds=1.0,
-                        )
+                        admin_spec(rt, redactor, admin, opens_after=cluster.app_loaded)
                     )
                 await rt.start_child(
                     ChildSpec("workers", cluster.run_workers, shutdown_seconds=math.inf)
@@ -579,103 +503,3 @@ async def serve_cluster(
         log.warning("%d worker(s) had to be killed", cluster.killed)
         return EXIT_FORCED
     return EXIT_OK
-
-
-# -- the worker process ----------------------------------------------------------------------
-
-
-async def _watch_primary(parent_fd: int, app: App, *, task_status: trio.TaskStatus[None]) -> None:
-    """EOF on the pipe the primary holds means the primary is gone: stop this worker."""
-    ctx = current_child()
-    assert ctx is not None
-    task_status.started()
-    async with trio.lowlevel.FdStream(parent_fd) as pipe, trio.open_nursery() as nursery:
-
-        async def stop_on_eof() -> None:
-            while await pipe.receive_some():
-                pass
-            log.warning("the primary is gone: stopping this worker")
-            app.rt.stop()
-
-        nursery.start_soon(stop_on_eof)
-        await ctx.wait_stopping()
-        nursery.cancel_scope.cancel()
-
-
-def _tell(status: IO[bytes], message: bytes) -> None:
-    # The primary may be gone already; then the parent pipe stops this worker anyway.
-    with contextlib.suppress(OSError):
-        status.write(message)
-
-
-def _report_load_failure(status: IO[bytes], code: int, report: str) -> int:
-    """Hand *report* to the primary, which prints it once for all workers; exit *code*."""
-    _tell(status, f"failed {code}\n".encode() + report.encode())
-    status.close()
-    return code
-
-
-def worker_process_main(
-    target: str,
-    app_dir: Path,
-    factory: bool,
-    index: int,
-    status_fd: int,
-    parent_fd: int,
-    listen_fds: list[int],
-) -> int:
-    """Entry of ``megatrio worker-process``: serve the app on inherited sockets."""
-
-    source = f"environment variable {CONFIG_ENV}"
-    config = config_from_json(os.environ.get(CONFIG_ENV, "{}"), source)
-    config = attrs.evolve(
-        config, bind=tuple(f"fd://{fd}" for fd in listen_fds), admin_bind="", workers=1
-    )
-    configure_logging(
-        level=config.log_level.number,
-        fmt=config.log_format,
-        redact_keys=config.redact_keys,
-        static_fields={"worker": index, "pid": os.getpid()},
-    )
-    status = os.fdopen(status_fd, "wb", buffering=0)
-    try:
-        # The primary never imports the app; only workers do.
-        app = load_app(parse_target(target, app_dir=app_dir, factory=factory))
-    except AppNotFound as exc:
-        return _report_load_failure(status, EXIT_USAGE, f"megatrio: error: {exc}\n")
-    except AppLoadError as exc:
-        report = format_load_error(exc, Redactor(config.redact_keys))
-        return _report_load_failure(status, EXIT_FATAL, report)
-    _tell(status, b"loaded\n")
-
-    from .cli import _freeze_startup_objects
-
-    _freeze_startup_objects()
-
-    forced: list[bool] = []
-
-    async def serve(*, task_status: trio.TaskStatus[object]) -> None:
-        forced.append(
-            await serve_app(
-                app,
-                config,
-                handle_signals=True,
-                extra_children=[ChildSpec("primary-watch", _watch_primary, (parent_fd, app))],
-                task_status=task_status,
-            )
-        )
-
-    async def main() -> None:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(serve)
-            _tell(status, b"ready\n")
-            status.close()
-
-    try:
-        trio.run(main)
-    except BaseException as exc:
-        error = unwrap_group(exc)
-        if isinstance(error, KeyboardInterrupt | SystemExit):
-            raise
-        return EXIT_FATAL  # logged once by mega_runtime
-    return EXIT_FORCED if forced and forced[0] else EXIT_OK
