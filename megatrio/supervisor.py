@@ -20,6 +20,9 @@ Exit classes, as in OTP:
 
 Cancellation from outside the supervisor, ``KeyboardInterrupt`` and ``SystemExit`` are never
 counted as crashes: they propagate and take the tree down.
+
+It is one module, longer than the house's ~400 lines, because it is one driver: each action
+of the core is performed here, next to the log line and the snapshot state it changes.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ it with a real clock.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -39,3 +40,12 @@ def redis(redis_server: RedisServer) -> RedisServer:
         redis_server.start()
     redis_server.flush()
     return redis_server
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A loopback port some other socket is listening on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]

@@ -1,4 +1,9 @@
-"""Test helpers: controllable children and task-tree inspection."""
+"""Test helpers: controllable children and task-tree inspection.
+
+:class:`Puppet` is the child for tests that run in the trio loop and drive one named object;
+``tests/property/puppets.py`` builds on the same inspection helpers for the state machines,
+whose puppets run in a portal thread and are driven by name through a shared controller.
+"""
 
 from __future__ import annotations
 

@@ -31,6 +31,10 @@ The rules, in OTP's vocabulary:
   start of a child added with ``add_child`` removes it (its caller gets the error); a failed
   initial start fails the whole supervisor.
 * Restarts wait for the backoff (first immediate), then join the start queue.
+
+It is one module, longer than the house's ~400 lines, on purpose: the rules above are
+invariants across every event handler (the one-start-in-flight rule, the operation queue, the
+window count), and splitting the handlers apart would hide which handler keeps which one.
 """
 
 from __future__ import annotations

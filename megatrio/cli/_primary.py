@@ -27,6 +27,10 @@ restarted; the primary keeps the sockets, and connections wait in the backlog. A
 fails before it is ready — the app does not load, ``setup()`` or ``on_start`` raises — is
 reported once per reload and left stopped until the next change, instead of being restarted
 or stopping the primary.
+
+The worker processes' side of the status pipe is in :mod:`._worker` and :mod:`._protocol`.
+This module, a little over the house's ~400 lines, keeps a worker child's spawn, wait and stop
+beside the cluster-wide state they consult (the app loaded, a reload under way, the stop).
 """
 
 from __future__ import annotations

@@ -9,7 +9,6 @@ import signal
 import socket
 import threading
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -287,14 +286,6 @@ def test_bad_environment_and_flags_are_named() -> None:
     assert proc.err == [
         "megatrio: error: command-line option --bind: key 'bind': expected HOST:PORT, got 'nowhere'"
     ]
-
-
-@pytest.fixture
-def busy_port() -> Iterator[int]:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        yield sock.getsockname()[1]
 
 
 @MODES

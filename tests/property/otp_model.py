@@ -318,3 +318,12 @@ class OtpModel:
             error = self._launch(child)
             if error is not None:
                 self._crashed(child, 0.0, error)
+
+
+def by_parent(journal: list[tuple[str, str]]) -> dict[str, list[tuple[str, str]]]:
+    """A start/stop journal of ``(what, path)`` split per supervisor: only the order of each
+    supervisor's own children is defined when supervisors run concurrently."""
+    split: dict[str, list[tuple[str, str]]] = {}
+    for what, path in journal:
+        split.setdefault(path.rpartition("/")[0], []).append((what, path))
+    return split

@@ -26,7 +26,7 @@ from anyio.from_thread import start_blocking_portal
 
 import megatrio
 from megatrio import ChildSpec, Restart, Supervisor
-from tests.helpers import walk_tasks
+from tests.helpers import settle, walk_tasks
 
 
 class PuppetCrash(Exception):
@@ -154,10 +154,6 @@ async def puppet(
     if me.command == "crash":
         raise PuppetCrash(me.crash_message)
     # "exit", or asked to stop: return normally.
-
-
-async def settle() -> None:
-    await trio.testing.wait_all_tasks_blocked()
 
 
 async def task_names() -> Counter[str]:

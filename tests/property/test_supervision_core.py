@@ -37,7 +37,7 @@ from hypothesis.stateful import (
 
 from megatrio import NO_BACKOFF, Backoff, Restart, Strategy
 from megatrio._policy._supervision import ChildState, ExitOutcome, Outcome, StartFailure
-from tests.property.otp_model import Arms, OtpModel, SupervisorConfig
+from tests.property.otp_model import Arms, OtpModel, SupervisorConfig, by_parent
 from tests.property.sim import Crash, SimSupervisor, World, describe_error
 from tests.property.strategies import ReferenceWindow
 
@@ -308,14 +308,6 @@ class CoreVsModel(RuleBasedStateMachine):
 
     @invariant()
     def journals_match(self) -> None:
-        # Per supervisor: two supervisors are concurrent, so only the order of each one's
-        # own children's starts and stops is defined.
-        def by_parent(journal: list[tuple[str, str]]) -> dict[str, list[tuple[str, str]]]:
-            split: dict[str, list[tuple[str, str]]] = {}
-            for what, path in journal:
-                split.setdefault(path.rpartition("/")[0], []).append((what, path))
-            return split
-
         assert by_parent(self.world.journal) == by_parent(self.model_journal)
 
 

@@ -47,7 +47,7 @@ from megatrio import (
     Supervisor,
     SupervisorNotRunning,
 )
-from tests.property.otp_model import Arms, ErrorTexts, OtpModel, SupervisorConfig
+from tests.property.otp_model import Arms, ErrorTexts, OtpModel, SupervisorConfig, by_parent
 from tests.property.puppets import PuppetTree, settle, task_names
 
 ROOT = "sup"
@@ -460,12 +460,6 @@ class SupervisorMachine(RuleBasedStateMachine):
 
     @invariant()
     def starts_and_stops_in_model_order(self) -> None:
-        def by_parent(journal: list[tuple[str, str]]) -> dict[str, list[tuple[str, str]]]:
-            split: dict[str, list[tuple[str, str]]] = {}
-            for what, path in journal:
-                split.setdefault(path.rpartition("/")[0], []).append((what, path))
-            return split
-
         assert by_parent(self.controller.journal) == by_parent(self.journal)
 
     @invariant()
