@@ -7,10 +7,8 @@ cancel-scope deadline and restarts follow Erlang/OTP supervisor semantics.
 import importlib as _importlib
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 
-from ._config._config import Config as Config
-from ._config._config import LogFormat as LogFormat
-from ._config._config import LogLevel as LogLevel
-from ._config._config import load_config as load_config
+from ._config import Config as Config
+from ._config import load_config as load_config
 from ._exceptions import AppNotFound as AppNotFound
 from ._exceptions import ConfigError as ConfigError
 from ._exceptions import ListenError as ListenError
@@ -28,6 +26,8 @@ from .app._serve import serve_app as serve_app
 from .nursery._child import ChildContext as ChildContext
 from .nursery._child import current_child as current_child
 from .nursery._timer import every as every
+from .services.logs._levels import LogFormat as LogFormat
+from .services.logs._levels import LogLevel as LogLevel
 from .services.logs._logging import configure_logging as configure_logging
 from .services.logs._redact import Redactor as Redactor
 from .services.logs._tree import format_tree as format_tree

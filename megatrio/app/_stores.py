@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .._config._config import CacheConfig, CacheDriverKind, Config, NonceDriverKind
+from .._config import CacheConfig, CacheDriverKind, Config, NonceDriverKind
 from .._policy._throttle import TokenBucket
 from .._runtime import Runtime
 from ..services.logs._redact import Redactor

@@ -40,10 +40,10 @@ import anyio.abc
 import attrs
 import httpx
 
-from ..._config._config import LogFormat
 from ..._policy._checks import check_count, check_seconds
 from ..._policy._throttle import TokenBucket
 from ...nursery._timer import run_every
+from ..logs._levels import LogFormat
 from ..logs._logging import build_formatter
 from ..logs._redact import MASK, Redactor
 from ..stores._retry_queue import DROP_REASONS, QueuedEntry, RetryQueue
