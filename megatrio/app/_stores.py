@@ -18,7 +18,7 @@ from ..services.stores._retry_queue import RetryQueue
 from ..supervisor import ChildSpec
 
 if TYPE_CHECKING:
-    from ..services.alerts._alerts import AlertSender
+    from ..services.alerts._alert import AlertSender
     from ..services.stores._redis import RedisClient
 
 
@@ -62,7 +62,9 @@ async def open_stores(rt: Runtime, config: Config, *, directory: Path | None = N
 async def _open_alerts(rt: Runtime, config: Config, base: Path) -> None:
     if not (config.alerts_telegram_bot_token or config.alerts_webhook_url):
         return
-    from ..services.alerts._alerts import AlertHandler, TelegramSender, WebhookSender, serve_alerts
+    from ..services.alerts._dispatcher import serve_alerts
+    from ..services.alerts._handler import AlertHandler
+    from ..services.alerts._senders import TelegramSender, WebhookSender
 
     sender: AlertSender
     if config.alerts_telegram_bot_token:
