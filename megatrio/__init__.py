@@ -7,10 +7,8 @@ cancel-scope deadline and restarts follow Erlang/OTP supervisor semantics.
 import importlib as _importlib
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 
-from ._config._config import Config as Config
-from ._config._config import LogFormat as LogFormat
-from ._config._config import LogLevel as LogLevel
-from ._config._config import load_config as load_config
+from ._config import Config as Config
+from ._config import load_config as load_config
 from ._exceptions import AppNotFound as AppNotFound
 from ._exceptions import ConfigError as ConfigError
 from ._exceptions import ListenError as ListenError
@@ -19,6 +17,7 @@ from ._exceptions import RestartIntensityExceeded as RestartIntensityExceeded
 from ._exceptions import StartupFailed as StartupFailed
 from ._exceptions import SupervisorNotRunning as SupervisorNotRunning
 from ._policy._nonces import NonceVerdict as NonceVerdict
+from ._policy._throttle import TokenBucket as TokenBucket
 from ._runtime import Runtime as Runtime
 from ._runtime import mega_runtime as mega_runtime
 from ._util import fixup_module_metadata as _fixup_module_metadata
@@ -28,6 +27,10 @@ from .app._serve import serve_app as serve_app
 from .nursery._child import ChildContext as ChildContext
 from .nursery._child import current_child as current_child
 from .nursery._timer import every as every
+from .services.alerts._alert import AlertSender as AlertSender
+from .services.alerts._alert import SendResult as SendResult
+from .services.logs._levels import LogFormat as LogFormat
+from .services.logs._levels import LogLevel as LogLevel
 from .services.logs._logging import configure_logging as configure_logging
 from .services.logs._redact import Redactor as Redactor
 from .services.logs._tree import format_tree as format_tree
@@ -49,10 +52,10 @@ from .supervisor import Supervisor as Supervisor
 from .supervisor import ready_immediately as ready_immediately
 
 if _TYPE_CHECKING:
-    from .services.alerts._alerts import AlertHandler as AlertHandler
-    from .services.alerts._alerts import TelegramSender as TelegramSender
-    from .services.alerts._alerts import WebhookSender as WebhookSender
-    from .services.alerts._alerts import serve_alerts as serve_alerts
+    from .services.alerts._dispatcher import serve_alerts as serve_alerts
+    from .services.alerts._handler import AlertHandler as AlertHandler
+    from .services.alerts._senders import TelegramSender as TelegramSender
+    from .services.alerts._senders import WebhookSender as WebhookSender
     from .services.stores._redis import BackendUnavailable as BackendUnavailable
     from .services.stores._redis import CacheUnavailable as CacheUnavailable
     from .services.stores._redis import NonceStoreUnavailable as NonceStoreUnavailable
@@ -60,13 +63,14 @@ if _TYPE_CHECKING:
     from .services.stores._redis import RedisNonceStore as RedisNonceStore
     from .services.stores._redis import open_redis as open_redis
 
-# Names whose modules pull in heavy clients (coredis, httpx): imported on first use, so a
-# process that uses neither Redis nor alerts does not carry them (memory, GC work).
+# Names whose modules pull in heavy clients (coredis, httpx), with the rest of the alert path:
+# imported on first use, so a process that uses neither Redis nor alerts does not carry them
+# (memory, GC work). The alert path's Protocol and result type are light and eager.
 _LAZY = {
-    "AlertHandler": ".services.alerts._alerts",
-    "TelegramSender": ".services.alerts._alerts",
-    "WebhookSender": ".services.alerts._alerts",
-    "serve_alerts": ".services.alerts._alerts",
+    "AlertHandler": ".services.alerts._handler",
+    "TelegramSender": ".services.alerts._senders",
+    "WebhookSender": ".services.alerts._senders",
+    "serve_alerts": ".services.alerts._dispatcher",
     "BackendUnavailable": ".services.stores._redis",
     "CacheUnavailable": ".services.stores._redis",
     "NonceStoreUnavailable": ".services.stores._redis",
@@ -91,6 +95,7 @@ __version__ = "0.1.0"
 __all__ = (
     "NO_BACKOFF",
     "AlertHandler",
+    "AlertSender",
     "App",
     "AppNotFound",
     "BackendUnavailable",
@@ -119,6 +124,7 @@ __all__ = (
     "RestartIntensityExceeded",
     "RestartWindow",
     "RetryQueue",
+    "SendResult",
     "Runtime",
     "Serving",
     "StartupFailed",
@@ -126,6 +132,7 @@ __all__ = (
     "Supervisor",
     "SupervisorNotRunning",
     "TelegramSender",
+    "TokenBucket",
     "WebhookSender",
     "configure_logging",
     "current_child",

@@ -13,9 +13,10 @@ import anyio
 import attrs
 import trio
 
-from .._config._config import Config, is_loopback, parse_address
+from .._config import Config
 from .._runtime import Runtime, mega_runtime
 from ..nursery._child import ChildContext, current_child
+from ..services.http._addresses import is_loopback, parse_address
 from ..services.http._admin import admin_app
 from ..services.http._server import ASGIApp, HttpOptions, health_front, serve_http
 from ..services.http._sockets import bind_listeners, closing_all

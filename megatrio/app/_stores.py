@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .._config._config import CacheConfig, CacheDriverKind, Config, NonceDriverKind
+from .._config import CacheConfig, CacheDriverKind, Config, NonceDriverKind
 from .._policy._throttle import TokenBucket
 from .._runtime import Runtime
 from ..services.logs._redact import Redactor
@@ -18,7 +18,7 @@ from ..services.stores._retry_queue import RetryQueue
 from ..supervisor import ChildSpec
 
 if TYPE_CHECKING:
-    from ..services.alerts._alerts import AlertSender
+    from ..services.alerts._alert import AlertSender
     from ..services.stores._redis import RedisClient
 
 
@@ -62,7 +62,9 @@ async def open_stores(rt: Runtime, config: Config, *, directory: Path | None = N
 async def _open_alerts(rt: Runtime, config: Config, base: Path) -> None:
     if not (config.alerts_telegram_bot_token or config.alerts_webhook_url):
         return
-    from ..services.alerts._alerts import AlertHandler, TelegramSender, WebhookSender, serve_alerts
+    from ..services.alerts._dispatcher import serve_alerts
+    from ..services.alerts._handler import AlertHandler
+    from ..services.alerts._senders import TelegramSender, WebhookSender
 
     sender: AlertSender
     if config.alerts_telegram_bot_token:

@@ -38,7 +38,7 @@ import trio
 
 import megatrio
 
-from .._config._config import Config
+from .._config import Config
 from .._exceptions import ListenError
 from ..app._app import App
 from ..app._serve import Serving, serve_app

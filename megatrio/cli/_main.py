@@ -32,18 +32,12 @@ from typing import IO, Any, NoReturn, cast
 
 import trio
 
-from .._config._config import (
-    Config,
-    LogFormat,
-    LogLevel,
-    config_keys,
-    load_config,
-    parse_address,
-    unknown_environment_variables,
-)
+from .._config import Config, config_keys, load_config, unknown_environment_variables
 from .._exceptions import AppLoadError, AppNotFound, ConfigError, ListenError
 from ..app._app import App
+from ..services.http._addresses import parse_address
 from ..services.http._admin import TREE_PATH
+from ..services.logs._levels import LogFormat, LogLevel
 from ..services.logs._logging import configure_logging
 from ..services.logs._redact import Redactor
 from ._exit import EXIT_FATAL, EXIT_FORCED, EXIT_OK, EXIT_USAGE

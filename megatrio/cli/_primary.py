@@ -48,7 +48,7 @@ from pathlib import Path
 
 import trio
 
-from .._config._config import Config, config_to_json
+from .._config import Config, config_to_json
 from .._exceptions import (
     MegatrioError,
     RestartIntensityExceeded,

@@ -11,7 +11,7 @@ from pathlib import Path
 import attrs
 import trio
 
-from .._config._config import config_from_json
+from .._config import config_from_json
 from .._exceptions import AppLoadError, AppNotFound
 from ..app._app import App
 from ..app._serve import serve_app

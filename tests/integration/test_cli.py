@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from megatrio._config._config import config_keys
+from megatrio._config import config_keys
 
 from .cli_support import APPS, Process, Server, raw_request
 

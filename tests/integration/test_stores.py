@@ -13,7 +13,7 @@ import trio
 
 import megatrio
 from megatrio import App, Config, NonceVerdict, Serving, serve_app
-from megatrio._config._config import CacheConfig, CacheDriverKind, NonceDriverKind
+from megatrio._config import CacheConfig, CacheDriverKind, NonceDriverKind
 
 from ..http_peer import open_fake_api
 from ..servers import RedisServer

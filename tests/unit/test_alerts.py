@@ -30,15 +30,10 @@ from hypothesis import strategies as st
 import megatrio
 from megatrio import ChildSpec, LogFormat, Redactor, configure_logging
 from megatrio._policy._throttle import TokenBucket
-from megatrio.services.alerts._alerts import (
-    AlertDispatcher,
-    AlertHandler,
-    SendResult,
-    TelegramSender,
-    WebhookSender,
-    serve_alerts,
-    truncate,
-)
+from megatrio.services.alerts._alert import SendResult, truncate
+from megatrio.services.alerts._dispatcher import AlertDispatcher, serve_alerts
+from megatrio.services.alerts._handler import AlertHandler
+from megatrio.services.alerts._senders import TelegramSender, WebhookSender
 from megatrio.services.stores._retry_queue import RetryQueue
 
 from ..http_peer import HANG, open_fake_api

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from megatrio import Config, ConfigError, LogFormat, LogLevel, load_config
-from megatrio._config._config import CacheConfig, CacheDriverKind, unknown_environment_variables
+from megatrio._config import CacheConfig, CacheDriverKind, unknown_environment_variables
 
 
 def test_defaults_without_any_source(tmp_path: Path) -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import subprocess
 import sys
 import types
+import typing
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -30,6 +33,43 @@ def test_importing_megatrio_does_not_load_redis_or_http_clients() -> None:
     code = "import sys, megatrio; print(sorted({'coredis', 'httpx'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def _megatrio_classes(annotation: Any) -> set[type]:
+    """The megatrio classes an annotation names, through unions and generics."""
+    found: set[type] = set()
+    origin = typing.get_origin(annotation)
+    for tp in (annotation, origin):
+        if isinstance(tp, type) and tp.__module__.startswith("megatrio"):
+            found.add(tp)
+    for arg in typing.get_args(annotation):
+        found |= _megatrio_classes(arg)
+    return found
+
+
+@pytest.mark.parametrize(
+    "function",
+    [
+        lambda: megatrio.serve_alerts,
+        lambda: megatrio.AlertSender.send,
+        lambda: megatrio.AlertHandler.__init__,
+        lambda: megatrio.TelegramSender.__init__,
+        lambda: megatrio.WebhookSender.__init__,
+    ],
+)
+def test_alert_signatures_use_only_exported_types(function: Callable[[], Any]) -> None:
+    # A user who writes a sender or wires serve_alerts by hand names every type from megatrio.
+    hints = typing.get_type_hints(function())
+    used = set().union(*map(_megatrio_classes, hints.values()))
+    for cls in used:
+        assert getattr(megatrio, cls.__name__, None) is cls, f"{cls.__qualname__} is not exported"
+
+
+def test_serve_alerts_takes_the_exported_throttle_and_sender() -> None:
+    hints = typing.get_type_hints(megatrio.serve_alerts)
+    assert hints["sender"] is megatrio.AlertSender
+    assert _megatrio_classes(hints["throttle"]) == {megatrio.TokenBucket}
+    assert hints["queue"] is megatrio.RetryQueue
 
 
 def test_supervisor_module_exports_its_documented_names() -> None:

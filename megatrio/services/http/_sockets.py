@@ -10,8 +10,8 @@ import stat
 import weakref
 from collections.abc import Iterator, Sequence
 
-from ..._config._config import parse_address
 from ..._exceptions import ListenError
+from ._addresses import parse_address
 
 BACKLOG = 1024
 

@@ -16,9 +16,9 @@ from typing import IO, Any
 
 import structlog
 
-from ..._config._config import LogFormat
 from ...nursery._child import current_child
 from ...nursery._errors import format_exception
+from ._levels import LogFormat
 from ._redact import Redactor
 
 _HANDLER_NAME = "megatrio"

@@ -1,0 +1,261 @@
+"""The configuration schema: :class:`Config`, :class:`CacheConfig` and the driver-kind enums.
+
+Each field carries its parser and a one-line description in its metadata
+(``{"parse": ..., "doc": ...}``); :func:`parse_setting` applies a field's parser, and
+:class:`Config` runs every field through it on construction, so a directly built ``Config`` is
+checked exactly as a loaded one. Rules across keys (``certfile`` with ``keyfile``, ...) are
+checked in ``Config.__attrs_post_init__``. Loading from files, the environment and flags is
+in :mod:`._loading`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+
+from .._exceptions import ConfigError
+from ..services.logs._levels import LogFormat, LogLevel
+from . import _parsers as parse
+
+
+def _meta(parser: Callable[[Any, bool], Any], doc: str) -> dict[str, Any]:
+    return {"parse": parser, "doc": doc}
+
+
+class CacheDriverKind(enum.Enum):
+    """Where a cache keeps its entries."""
+
+    MEMORY = "memory"
+    FILE = "file"
+    REDIS = "redis"
+
+
+class NonceDriverKind(enum.Enum):
+    """Where the replay-protection store keeps nonces."""
+
+    MEMORY = "memory"
+    REDIS = "redis"
+
+
+@attrs.frozen(kw_only=True)
+class CacheConfig:
+    """One ``[cache.<alias>]`` table."""
+
+    driver: CacheDriverKind = attrs.field(
+        default=CacheDriverKind.MEMORY,
+        metadata=_meta(parse.one_of(CacheDriverKind), "memory|file|redis"),
+    )
+    max_entries: int = attrs.field(
+        default=10_000, metadata=_meta(parse.count(1), "entry cap (memory, file)")
+    )
+    max_bytes: int = attrs.field(
+        default=0, metadata=_meta(parse.count(0), "value-bytes cap (memory, file); 0: none")
+    )
+    path: str = attrs.field(
+        default="",
+        metadata=_meta(parse.path, "file driver directory (default .megatrio/cache/ALIAS)"),
+    )
+    sweep_interval_seconds: float = attrs.field(
+        default=60.0, metadata=_meta(parse.positive_seconds, "how often expired entries are swept")
+    )
+
+
+def _caches(value: Any, from_text: bool) -> dict[str, CacheConfig]:
+    if from_text and isinstance(value, str):
+        raise ValueError("caches are configured in the config file, as [cache.ALIAS] tables")
+    if not isinstance(value, dict):
+        raise ValueError(f"expected tables [cache.ALIAS], got {value!r}")
+    fields = attrs.fields_dict(CacheConfig)
+    caches: dict[str, CacheConfig] = {}
+    for alias, table in value.items():
+        if isinstance(table, CacheConfig):
+            caches[alias] = table
+            continue
+        if not isinstance(alias, str) or not alias or ":" in alias:
+            raise ValueError(f"cache alias must be a non-empty name without ':', got {alias!r}")
+        if not isinstance(table, dict):
+            raise ValueError(f"cache.{alias}: expected a table, got {table!r}")
+        values = {}
+        for key, raw in table.items():
+            field = fields.get(key)
+            if field is None:
+                known = ", ".join(fields)
+                raise ValueError(f"cache.{alias}: unknown key {key!r} (known keys: {known})")
+            try:
+                values[key] = field.metadata["parse"](raw, from_text)
+            except ValueError as exc:
+                raise ValueError(f"cache.{alias}.{key}: {exc}") from None
+        caches[alias] = CacheConfig(**values)
+    return caches
+
+
+def _with_default_cache(value: Any) -> Any:
+    """*value* with the implicit memory ``default`` cache first, unless it defines its own.
+
+    ``app.cache()`` means ``app.cache("default")``: declaring ``[cache.pages]`` must not take
+    that away. Anything but a table is passed on for validation to reject.
+    """
+    if isinstance(value, dict) and "default" not in value:
+        return {"default": CacheConfig(), **value}
+    return value
+
+
+@attrs.frozen(kw_only=True)
+class Config:
+    """Everything ``megatrio run`` reads. Build it with :func:`load_config`."""
+
+    bind: tuple[str, ...] = attrs.field(
+        default=("127.0.0.1:8000",),
+        metadata=_meta(parse.addresses, "public listeners, HOST:PORT (port 0: any free) or fd://N"),
+    )
+    admin_bind: str = attrs.field(
+        default="127.0.0.1:8001",
+        metadata=_meta(parse.optional_address, "admin listener (/_megatrio/*); empty disables it"),
+    )
+    grace_seconds: float = attrs.field(
+        default=30.0, metadata=_meta(parse.seconds, "bound on a graceful stop")
+    )
+    shutdown_delay_seconds: float = attrs.field(
+        default=0.0,
+        metadata=_meta(
+            parse.finite_seconds,
+            "on a stop, keep serving this long while /readyz is 503 (within the grace)",
+        ),
+    )
+    blocked_loop_warn_seconds: float = attrs.field(
+        default=2.0,
+        metadata=_meta(
+            parse.finite_seconds, "log which child blocks the event loop this long; 0: off"
+        ),
+    )
+    uds: str = attrs.field(
+        default="", metadata=_meta(parse.socket_path, "also listen on this Unix socket path")
+    )
+    keep_alive_timeout_seconds: float = attrs.field(
+        default=5.0, metadata=_meta(parse.positive_seconds, "idle keep-alive connections close")
+    )
+    max_concurrent_connections: int = attrs.field(
+        default=0, metadata=_meta(parse.count(0), "past this many: 503 (0: no limit)")
+    )
+    root_path: str = attrs.field(
+        default="", metadata=_meta(parse.root_path, "path prefix the app is mounted under")
+    )
+    forwarded_allow_ips: tuple[str, ...] = attrs.field(
+        default=(), metadata=_meta(parse.trusted_peers, "proxies trusted for X-Forwarded-*")
+    )
+    certfile: str = attrs.field(
+        default="", metadata=_meta(parse.path, "TLS certificate chain (PEM), with keyfile")
+    )
+    keyfile: str = attrs.field(default="", metadata=_meta(parse.path, "TLS private key (PEM)"))
+    max_restarts: int = attrs.field(
+        default=3, metadata=_meta(parse.count(0), "root supervisor intensity: restarts ...")
+    )
+    period_seconds: float = attrs.field(
+        default=5.0, metadata=_meta(parse.positive_seconds, "... within this many seconds")
+    )
+    log_level: LogLevel = attrs.field(
+        default=LogLevel.INFO, metadata=_meta(parse.one_of(LogLevel), "minimum level logged")
+    )
+    log_format: LogFormat = attrs.field(
+        default=LogFormat.AUTO, metadata=_meta(parse.one_of(LogFormat), "auto, json or console")
+    )
+    redact_keys: tuple[str, ...] = attrs.field(
+        default=(), metadata=_meta(parse.strings, "extra keys whose values are masked in logs")
+    )
+    workers: int = attrs.field(
+        default=1, metadata=_meta(parse.count(1), "worker processes; 1 serves in-process")
+    )
+    worker_max_restarts: int = attrs.field(
+        default=4, metadata=_meta(parse.count(0), "rapid worker crashes tolerated ...")
+    )
+    worker_period_seconds: float = attrs.field(
+        default=10.0, metadata=_meta(parse.positive_seconds, "... within this many seconds")
+    )
+    worker_min_uptime_seconds: float = attrs.field(
+        default=1.0, metadata=_meta(parse.seconds, "a crash after less uptime is rapid")
+    )
+    redis_url: str = attrs.field(
+        default="", metadata=_meta(parse.url, "redis://HOST:PORT/DB for Redis-backed stores")
+    )
+    cache: dict[str, CacheConfig] = attrs.field(
+        factory=lambda: {"default": CacheConfig()},
+        converter=_with_default_cache,
+        metadata=_meta(_caches, "[cache.ALIAS] tables; 'default' (memory) is always there"),
+    )
+    nonce_driver: NonceDriverKind = attrs.field(
+        default=NonceDriverKind.MEMORY,
+        metadata=_meta(parse.one_of(NonceDriverKind), "memory|redis"),
+    )
+    nonce_skew_seconds: float = attrs.field(
+        default=300.0, metadata=_meta(parse.seconds, "allowed clock skew of message timestamps")
+    )
+    nonce_max_entries: int = attrs.field(
+        default=100_000, metadata=_meta(parse.count(1), "memory nonce store cap (fails closed)")
+    )
+    alerts_telegram_bot_token: str = attrs.field(
+        default="", metadata=_meta(parse.path, "Telegram bot token (prefer the environment)")
+    )
+    alerts_telegram_chat_id: str = attrs.field(
+        default="", metadata=_meta(parse.path, "Telegram chat to send error alerts to")
+    )
+    alerts_webhook_url: str = attrs.field(
+        default="", metadata=_meta(parse.path, "URL receiving error alerts as JSON POSTs")
+    )
+    alerts_per_minute: int = attrs.field(
+        default=20,
+        metadata=_meta(parse.count(1), "alert throttle; excess alerts are dropped, counted"),
+    )
+    alerts_queue_dir: str = attrs.field(
+        default="",
+        metadata=_meta(parse.path, "retry queue of failed alerts (default .megatrio/alerts)"),
+    )
+
+    def __attrs_post_init__(self) -> None:
+        # Direct construction gets the same checks as loading.
+        for field in attrs.fields(Config):
+            parse_setting("Config", field.name, getattr(self, field.name), from_text=False)
+        if not self.redis_url:
+            for alias, cache in self.cache.items():
+                if cache.driver is CacheDriverKind.REDIS:
+                    raise ConfigError(f"cache.{alias}: driver 'redis' needs redis_url")
+            if self.nonce_driver is NonceDriverKind.REDIS:
+                raise ConfigError("nonce_driver 'redis' needs redis_url")
+        if bool(self.certfile) != bool(self.keyfile):
+            raise ConfigError("certfile and keyfile go together")
+        if self.uds and self.workers > 1:
+            raise ConfigError(
+                "uds serves one process: with workers > 1 the primary binds the listeners, "
+                "and it binds only bind addresses"
+            )
+        if bool(self.alerts_telegram_bot_token) != bool(self.alerts_telegram_chat_id):
+            raise ConfigError("alerts_telegram_bot_token and alerts_telegram_chat_id go together")
+        if self.alerts_telegram_bot_token and self.alerts_webhook_url:
+            raise ConfigError("choose one alert destination: Telegram or alerts_webhook_url")
+        if self.alerts_webhook_url and not self.alerts_webhook_url.startswith(
+            ("http://", "https://")
+        ):
+            raise ConfigError("alerts_webhook_url must be an http:// or https:// URL")
+
+
+def config_keys() -> tuple[str, ...]:
+    """Every :class:`Config` key, in declaration order."""
+    return tuple(a.name for a in attrs.fields(Config))
+
+
+def parse_setting(source: str, key: str, value: Any, *, from_text: bool) -> Any:
+    """*value* parsed by the parser of the :class:`Config` field *key*.
+
+    Raises:
+        ConfigError: *key* is no field, or *value* is bad; the message starts with *source*.
+    """
+    field = attrs.fields_dict(Config).get(key)
+    if field is None:
+        known = ", ".join(config_keys())
+        raise ConfigError(f"{source}: unknown key {key!r} (known keys: {known})")
+    try:
+        return field.metadata["parse"](value, from_text)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: key {key!r}: {exc}") from None
