@@ -171,12 +171,12 @@ def test_bad_serving_option_flags_and_variables_name_their_source(tmp_path: Path
 def test_run_flags_reach_the_serving_options(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from megatrio.cli import _main as cli
+    from megatrio.cli import _parser as cli
 
     monkeypatch.chdir(tmp_path)
     for name in [n for n in os.environ if n.startswith("MEGATRIO_")]:
         monkeypatch.delenv(name)
-    args = cli._parser().parse_args(
+    args = cli.build_parser().parse_args(
         [
             "run",
             "app:app",
@@ -196,7 +196,7 @@ def test_run_flags_reach_the_serving_options(
             "key.pem",
         ]
     )
-    config = cli._config_from(args)
+    config = cli.config_from(args)
     assert config.uds == str(tmp_path / "s.sock")
     assert config.keep_alive_timeout_seconds == 1.5
     assert config.max_concurrent_connections == 8

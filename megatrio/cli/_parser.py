@@ -1,0 +1,289 @@
+"""The ``megatrio`` command line: its parser (subcommands, options with their defaults, the
+exit codes and ``MEGATRIO_*`` variables in ``--help``) and the Config the options stand for."""
+
+from __future__ import annotations
+
+import argparse
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from .._config import Config, config_keys, load_config
+from ..services.http._addresses import parse_address
+from ..services.logs._levels import LogFormat, LogLevel
+
+
+class UsageError(Exception):
+    """A usage error: the command prints its one-line message and exits 2."""
+
+
+def fail(message: str) -> NoReturn:
+    raise UsageError(message)
+
+
+_EXIT_CODES = """\
+exit codes:
+  0  graceful stop (with --workers: every worker exited within the grace)
+  1  fatal error: a listener could not be bound, the app's own code failed to
+     import or build, a child crashed past its restart intensity, on_start
+     raised
+  2  usage or configuration error (one line naming what was wrong)
+  3  forced stop: a second signal, or the grace ran out, cut work off (with
+     --workers: a worker had to be killed)
+  130, 143  a further SIGINT/SIGTERM while the event loop was blocked ended the
+     process at once, from the signal handler, with no clean-up"""
+
+_DEFAULTS = Config()
+_DEFAULT_HOST, _DEFAULT_PORT = parse_address(_DEFAULTS.bind[0])
+
+
+def _environment_help() -> str:
+    names = [f"MEGATRIO_{key.upper()}" for key in config_keys() if key != "cache"]
+    lines = textwrap.wrap(", ".join(names), width=76)
+    listed = "\n".join(f"     {line}" for line in lines)
+    return (
+        "configuration, later sources winning (file < environment < options):\n"
+        "  1. megatrio.toml in the current directory, or [tool.megatrio] in\n"
+        "     pyproject.toml there, or the file given with --config\n"
+        "  2. MEGATRIO_<KEY> environment variables (lists comma-separated):\n"
+        f"{listed}\n"
+        "  3. the options above; defaults shown are those without a file or variable"
+    )
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose unrecognized arguments are reported with the usage of the
+    subcommand they were given to, not the top-level one."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.subcommands: dict[str, argparse.ArgumentParser] = {}
+
+    def parse_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: None = None
+    ) -> argparse.Namespace:
+        parsed, extras = self.parse_known_args(args)
+        if extras:
+            parser = self.subcommands.get(getattr(parsed, "command", None) or "", self)
+            parser.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed
+
+
+def build_parser() -> _Parser:
+    from .. import __version__
+
+    parser = _Parser(
+        prog="megatrio",
+        description="megatrio: serve an App as a supervised tree of trio tasks.",
+        epilog=_EXIT_CODES,
+    )
+    parser.add_argument("--version", action="version", version=f"megatrio {__version__}")
+    commands = parser.add_subparsers(
+        dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+    levels = ", ".join(level.value for level in LogLevel)
+    formats = ", ".join(fmt.value for fmt in LogFormat)
+
+    def add_serving_options(p: argparse.ArgumentParser, *, workers_help: str) -> None:
+        p.add_argument(
+            "target",
+            metavar="MODULE:ATTR",
+            help="the App: an App object or subclass (app:app, app:Shop), or with --factory "
+            "a function returning one; MODULE may be a file path (./app.py:app)",
+        )
+        p.add_argument(
+            "--config",
+            type=Path,
+            metavar="FILE",
+            help="TOML file (default: ./megatrio.toml, else [tool.megatrio] in ./pyproject.toml)",
+        )
+        p.add_argument(
+            "--bind",
+            action="append",
+            metavar="HOST:PORT",
+            help="public listener, repeatable; [V6]:PORT for IPv6, port 0 for any free port "
+            f"(default: {', '.join(_DEFAULTS.bind)})",
+        )
+        p.add_argument(
+            "--host",
+            metavar="HOST",
+            help=f"with --port, the same as --bind HOST:PORT (default: {_DEFAULT_HOST})",
+        )
+        p.add_argument(
+            "--port",
+            metavar="PORT",
+            help=f"with --host, the same as --bind HOST:PORT (default: {_DEFAULT_PORT})",
+        )
+        p.add_argument(
+            "--admin-bind",
+            metavar="HOST:PORT",
+            help="admin listener (/_megatrio/tree); '' disables it "
+            f"(default: {_DEFAULTS.admin_bind})",
+        )
+        p.add_argument(
+            "--grace-seconds",
+            metavar="SECONDS",
+            help=f"bound on a graceful stop (default: {_DEFAULTS.grace_seconds:g})",
+        )
+        p.add_argument(
+            "--shutdown-delay-seconds",
+            metavar="SECONDS",
+            help="on SIGTERM keep serving this long while /readyz answers 503, so load "
+            f"balancers drain (default: {_DEFAULTS.shutdown_delay_seconds:g})",
+        )
+        p.add_argument(
+            "--uds",
+            metavar="PATH",
+            help="also listen on a Unix domain socket at PATH (default: none)",
+        )
+        p.add_argument(
+            "--keep-alive-timeout-seconds",
+            metavar="SECONDS",
+            help="close idle keep-alive connections after this long "
+            f"(default: {_DEFAULTS.keep_alive_timeout_seconds:g})",
+        )
+        p.add_argument(
+            "--max-concurrent-connections",
+            metavar="N",
+            help="answer 503 past this many connections; 0: no limit "
+            f"(default: {_DEFAULTS.max_concurrent_connections})",
+        )
+        p.add_argument(
+            "--root-path",
+            metavar="PATH",
+            help="path prefix the app is mounted under behind a proxy (default: none)",
+        )
+        p.add_argument(
+            "--forwarded-allow-ips",
+            metavar="IPS",
+            help="comma-separated proxies (IPs, networks, '*', 'unix') whose X-Forwarded-For "
+            "and X-Forwarded-Proto are trusted (default: none)",
+        )
+        p.add_argument(
+            "--certfile", metavar="FILE", help="TLS certificate chain, PEM (default: none)"
+        )
+        p.add_argument("--keyfile", metavar="FILE", help="TLS private key, PEM (default: none)")
+        p.add_argument(
+            "--workers",
+            metavar="N",
+            help=f"{workers_help} (default: {_DEFAULTS.workers})",
+        )
+        p.add_argument(
+            "--log-level",
+            metavar="LEVEL",
+            help=f"one of {levels} (default: {_DEFAULTS.log_level.value})",
+        )
+        p.add_argument(
+            "--log-format",
+            metavar="FORMAT",
+            help=f"one of {formats}; auto is json when stdout is not a terminal "
+            f"(default: {_DEFAULTS.log_format.value})",
+        )
+        p.add_argument(
+            "--app-dir",
+            type=Path,
+            metavar="DIR",
+            help="directory MODULE is imported from, and a file path in it is relative to "
+            "(default: the current directory)",
+        )
+        p.add_argument(
+            "--factory",
+            action="store_true",
+            help="ATTR is a function returning the App, called with no arguments "
+            "(like app:create_app) (default: off)",
+        )
+
+    run = commands.add_parser(
+        "run",
+        help="serve an App",
+        description="Serve an App until SIGTERM or SIGINT (a second one stops at once).",
+        epilog=f"{_environment_help()}\n\n{_EXIT_CODES}",
+    )
+    add_serving_options(run, workers_help="worker processes under a supervising primary")
+    run.add_argument(
+        "--reload",
+        action="store_true",
+        help="for development: restart the worker process(es) when a .py file under the app "
+        "directory changes, keeping the listening sockets open (default: off)",
+    )
+    run.add_argument(
+        "--reload-dir",
+        action="append",
+        type=Path,
+        metavar="DIR",
+        help="with --reload, watch DIR instead of the app directory; repeatable "
+        "(default: the directory the app's module is imported from)",
+    )
+    console = commands.add_parser(
+        "console",
+        help="serve an App with a REPL (rt and app in scope)",
+        description="Serve an App in this process and open a REPL with rt and app in scope "
+        "and top-level await. Ctrl-D stops the app.",
+        epilog=f"{_environment_help()}\n\n{_EXIT_CODES}",
+    )
+    add_serving_options(console, workers_help="only 1: the console serves one process")
+    worker = commands.add_parser("worker-process")  # started by a primary, not by people
+    worker.add_argument("target")
+    worker.add_argument("--app-dir", type=Path, required=True)
+    worker.add_argument("--factory", action="store_true")
+    worker.add_argument("--index", type=int, required=True)
+    worker.add_argument("--status-fd", type=int, required=True)
+    worker.add_argument("--parent-fd", type=int, required=True)
+    worker.add_argument("--listen-fd", type=int, action="append", default=[])
+    tree = commands.add_parser(
+        "tree",
+        help="print the live supervision tree of a running app",
+        description="Print the live supervision tree of a running app, from its admin listener.",
+    )
+    tree.add_argument(
+        "--admin", metavar="HOST:PORT", help="admin listener (default: admin_bind from the config)"
+    )
+    tree.add_argument(
+        "--config", type=Path, metavar="FILE", help="TOML file to read admin_bind from"
+    )
+    tree.add_argument("--json", action="store_true", help="print JSON instead of a tree")
+    parser.subcommands.update(run=run, console=console, **{"worker-process": worker}, tree=tree)
+    return parser
+
+
+def config_from(args: argparse.Namespace) -> Config:
+    bind = ",".join(args.bind) if args.bind else None
+    if args.host is not None or args.port is not None:
+        if args.bind:
+            fail("--host/--port and --bind cannot be combined: use --bind HOST:PORT")
+        bind = _host_port(args.host, args.port)
+    overrides = {
+        "bind": bind,
+        "admin_bind": args.admin_bind,
+        "grace_seconds": args.grace_seconds,
+        "shutdown_delay_seconds": args.shutdown_delay_seconds,
+        "uds": args.uds,
+        "keep_alive_timeout_seconds": args.keep_alive_timeout_seconds,
+        "max_concurrent_connections": args.max_concurrent_connections,
+        "root_path": args.root_path,
+        "forwarded_allow_ips": args.forwarded_allow_ips,
+        "certfile": args.certfile,
+        "keyfile": args.keyfile,
+        "workers": getattr(args, "workers", None),
+        "log_level": args.log_level,
+        "log_format": args.log_format,
+    }
+    return load_config(path=args.config, overrides=overrides)
+
+
+def _host_port(host: str | None, port: str | None) -> str:
+    """``--host``/``--port`` as the one bind address they stand for (uvicorn's options)."""
+    port_text = str(_DEFAULT_PORT) if port is None else port
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        fail(f"command-line option --port: expected a port 0..65535, got {port_text!r}")
+    host = _DEFAULT_HOST if host is None else host
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    address = f"{host}:{port_text}"
+    try:
+        parse_address(address)
+    except ValueError:
+        fail(f"command-line option --host: expected a host name or an IP address, got {host!r}")
+    return address
