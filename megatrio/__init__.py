@@ -38,6 +38,8 @@ from .services.stores._cache import open_cache as open_cache
 from .services.stores._file_cache import FileCache as FileCache
 from .services.stores._nonce import MemoryNonceStore as MemoryNonceStore
 from .services.stores._nonce import NonceStore as NonceStore
+from .services.stores._retry_queue import DrainSummary as DrainSummary
+from .services.stores._retry_queue import QueuedEntry as QueuedEntry
 from .services.stores._retry_queue import RetryQueue as RetryQueue
 from .supervisor import NO_BACKOFF as NO_BACKOFF
 from .supervisor import Backoff as Backoff
@@ -102,6 +104,7 @@ __all__ = (
     "ChildSpec",
     "Config",
     "ConfigError",
+    "DrainSummary",
     "FileCache",
     "ListenError",
     "LogFormat",
@@ -112,6 +115,7 @@ __all__ = (
     "NonceStore",
     "NonceStoreUnavailable",
     "NonceVerdict",
+    "QueuedEntry",
     "Redactor",
     "RedisCache",
     "RedisNonceStore",

@@ -319,7 +319,7 @@ class FileCache:
 
         Cost: O(due entries x log n) plus one worker-thread call per batch of due entries;
         entries that are not due are never touched. Each file is renamed aside and judged
-        before it is removed (see the module docstring), so a fresh entry another process
+        before it is removed (see :func:`._file_ops.retire`), so a fresh entry another process
         wrote meanwhile is kept. Stops between batches when the surrounding supervised child
         is asked to stop; what is left is still due for the next sweep. Cancelled, it stops
         at the next batch boundary (a batch whose worker thread has started completes, and
