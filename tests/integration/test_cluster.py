@@ -88,7 +88,6 @@ class Primary(Process):
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
 
-
     def serving_pids(self, expected: set[int], timeout: float = 20) -> set[str]:
         """The pids that answered ``GET /pid``, sending bursts of concurrent requests until
         every one of *expected* has answered or *timeout* runs out.
