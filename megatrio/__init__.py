@@ -58,9 +58,9 @@ if _TYPE_CHECKING:
     from .services.stores._redis import BackendUnavailable as BackendUnavailable
     from .services.stores._redis import CacheUnavailable as CacheUnavailable
     from .services.stores._redis import NonceStoreUnavailable as NonceStoreUnavailable
-    from .services.stores._redis import RedisCache as RedisCache
-    from .services.stores._redis import RedisNonceStore as RedisNonceStore
     from .services.stores._redis import open_redis as open_redis
+    from .services.stores._redis_cache import RedisCache as RedisCache
+    from .services.stores._redis_nonce import RedisNonceStore as RedisNonceStore
 
 # Names whose modules pull in heavy clients (coredis, httpx): imported on first use, so a
 # process that uses neither Redis nor alerts does not carry them (memory, GC work).
@@ -72,8 +72,8 @@ _LAZY = {
     "BackendUnavailable": ".services.stores._redis",
     "CacheUnavailable": ".services.stores._redis",
     "NonceStoreUnavailable": ".services.stores._redis",
-    "RedisCache": ".services.stores._redis",
-    "RedisNonceStore": ".services.stores._redis",
+    "RedisCache": ".services.stores._redis_cache",
+    "RedisNonceStore": ".services.stores._redis_nonce",
     "open_redis": ".services.stores._redis",
 }
 

@@ -15,7 +15,7 @@ import anyio.abc
 
 from ._policy._checks import check_seconds
 from ._util import NoPublicConstructor
-from .nursery._errors import describe, unwrap_group
+from .nursery._errors import describe, unwrapped_groups
 from .nursery._signals import check_main_thread, serve_stop_signals
 from .nursery._watchdog import LoopWatchdog
 from .supervisor import ChildSpec, Supervisor
@@ -347,40 +347,36 @@ async def mega_runtime(
     rt = Runtime._create(name, grace, root, delay)
     body_error: Exception | None = None
     try:
-        async with anyio.create_task_group() as tg:
-            rt._tg = tg
-            try:
-                if watchdog is not None:
-                    await tg.start(watchdog.serve)
-                if handle_signals:
-                    blocked = watchdog.blocked if watchdog is not None else _never
-                    await tg.start(
-                        functools.partial(serve_stop_signals, loop_blocked=blocked),
-                        rt.stop,
-                        rt.cancel,
-                    )
-                await tg.start(rt._run_root)
+        with unwrapped_groups():
+            async with anyio.create_task_group() as tg:
+                rt._tg = tg
                 try:
-                    with rt._body_scope:
-                        yield rt
-                except Exception as exc:
-                    body_error = exc
+                    if watchdog is not None:
+                        await tg.start(watchdog.serve)
+                    if handle_signals:
+                        blocked = watchdog.blocked if watchdog is not None else _never
+                        await tg.start(
+                            functools.partial(serve_stop_signals, loop_blocked=blocked),
+                            rt.stop,
+                            rt.cancel,
+                        )
+                    await tg.start(rt._run_root)
+                    try:
+                        with rt._body_scope:
+                            yield rt
+                    except Exception as exc:
+                        body_error = exc
+                        rt._stop_requested = True
+                    await rt._shutdown()
+                except BaseException:
+                    # Cancelled from outside (or worse): the children are being cancelled with
+                    # the task group; once they are gone, resources still close, shielded and
+                    # bounded by the grace.
                     rt._stop_requested = True
-                await rt._shutdown()
-            except BaseException:
-                # Cancelled from outside (or worse): the children are being cancelled with
-                # the task group; once they are gone, resources still close, shielded and
-                # bounded by the grace.
-                rt._stop_requested = True
-                await rt._wait_children_gone()
-                await rt._close_resources()
-                raise
-            tg.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        leaf = unwrap_group(group)
-        if leaf is group:
-            raise
-        raise leaf  # noqa: B904 -- the group stays reachable as __context__
+                    await rt._wait_children_gone()
+                    await rt._close_resources()
+                    raise
+                tg.cancel_scope.cancel()
     finally:
         await rt._close_resources()
     fatal = rt._fatal if rt._fatal is not None else body_error

@@ -46,7 +46,7 @@ async def open_stores(rt: Runtime, config: Config, *, directory: Path | None = N
         driver = await _driver(alias, cache_config, client, base)
         await open_cache(rt, alias, driver)
     if config.nonce_driver is NonceDriverKind.REDIS:
-        from ..services.stores._redis import RedisNonceStore
+        from ..services.stores._redis_nonce import RedisNonceStore
 
         assert client is not None  # Config refuses a redis nonce store without redis_url
         rt.nonces = RedisNonceStore(
@@ -97,7 +97,7 @@ async def _driver(
 ) -> CacheDriver:
     max_bytes = config.max_bytes or None
     if config.driver is CacheDriverKind.REDIS:
-        from ..services.stores._redis import RedisCache
+        from ..services.stores._redis_cache import RedisCache
 
         assert client is not None  # Config refuses a redis cache without redis_url
         return RedisCache(client)

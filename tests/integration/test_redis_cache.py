@@ -18,12 +18,12 @@ from megatrio.services.stores._cache import Cache, open_cache
 from megatrio.services.stores._redis import (
     BackendUnavailable,
     CacheUnavailable,
-    RedisCache,
     RedisClient,
     open_redis,
     parse_redis_url,
     ttl_milliseconds,
 )
+from megatrio.services.stores._redis_cache import RedisCache
 
 from ..servers import RedisServer, free_port
 
