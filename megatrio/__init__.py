@@ -38,6 +38,7 @@ from .services.stores._cache import open_cache as open_cache
 from .services.stores._file_cache import FileCache as FileCache
 from .services.stores._nonce import MemoryNonceStore as MemoryNonceStore
 from .services.stores._nonce import NonceStore as NonceStore
+from .services.stores._nonce import open_nonces as open_nonces
 from .services.stores._retry_queue import DrainSummary as DrainSummary
 from .services.stores._retry_queue import QueuedEntry as QueuedEntry
 from .services.stores._retry_queue import RetryQueue as RetryQueue
@@ -138,6 +139,7 @@ __all__ = (
     "load_config",
     "mega_runtime",
     "open_cache",
+    "open_nonces",
     "open_redis",
     "ready_immediately",
     "serve_alerts",
