@@ -37,7 +37,8 @@ import trio
 from _common import gc_paused
 
 from megatrio.services.stores._cache import MemoryCache
-from megatrio.services.stores._file_cache import FileCache, _write_entry
+from megatrio.services.stores._file_cache import FileCache
+from megatrio.services.stores._file_ops import write_entry
 
 VALUE = b"v" * 100
 now_s = time.perf_counter
@@ -97,7 +98,7 @@ def populate(root: str, prefix: str, count: int, expires_at: float) -> None:
     """Write *count* entry files straight to disk (setup only: no index, no thread hops)."""
     for i in range(count):
         key = f"mega:cache:bench:{prefix}{i}".encode()
-        result = _write_entry(
+        result = write_entry(
             root, hashlib.sha256(key).hexdigest(), key, VALUE, expires_at, [], False
         )
         assert result.error is None, result.error

@@ -40,7 +40,8 @@ import trio
 from _common import gc_paused
 
 from megatrio.services.stores._cache import Cache, MemoryCache
-from megatrio.services.stores._redis import RedisCache, RedisClient, open_redis
+from megatrio.services.stores._redis import RedisClient, open_redis
+from megatrio.services.stores._redis_cache import RedisCache
 
 NAMESPACE = "bench"
 KEYS = 1_000

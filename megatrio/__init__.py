@@ -41,6 +41,9 @@ from .services.stores._cache import open_cache as open_cache
 from .services.stores._file_cache import FileCache as FileCache
 from .services.stores._nonce import MemoryNonceStore as MemoryNonceStore
 from .services.stores._nonce import NonceStore as NonceStore
+from .services.stores._nonce import open_nonces as open_nonces
+from .services.stores._retry_queue import DrainSummary as DrainSummary
+from .services.stores._retry_queue import QueuedEntry as QueuedEntry
 from .services.stores._retry_queue import RetryQueue as RetryQueue
 from .supervisor import NO_BACKOFF as NO_BACKOFF
 from .supervisor import Backoff as Backoff
@@ -59,9 +62,9 @@ if _TYPE_CHECKING:
     from .services.stores._redis import BackendUnavailable as BackendUnavailable
     from .services.stores._redis import CacheUnavailable as CacheUnavailable
     from .services.stores._redis import NonceStoreUnavailable as NonceStoreUnavailable
-    from .services.stores._redis import RedisCache as RedisCache
-    from .services.stores._redis import RedisNonceStore as RedisNonceStore
     from .services.stores._redis import open_redis as open_redis
+    from .services.stores._redis_cache import RedisCache as RedisCache
+    from .services.stores._redis_nonce import RedisNonceStore as RedisNonceStore
 
 # Names whose modules pull in heavy clients (coredis, httpx), with the rest of the alert path:
 # imported on first use, so a process that uses neither Redis nor alerts does not carry them
@@ -74,8 +77,8 @@ _LAZY = {
     "BackendUnavailable": ".services.stores._redis",
     "CacheUnavailable": ".services.stores._redis",
     "NonceStoreUnavailable": ".services.stores._redis",
-    "RedisCache": ".services.stores._redis",
-    "RedisNonceStore": ".services.stores._redis",
+    "RedisCache": ".services.stores._redis_cache",
+    "RedisNonceStore": ".services.stores._redis_nonce",
     "open_redis": ".services.stores._redis",
 }
 
@@ -107,6 +110,7 @@ __all__ = (
     "ChildSpec",
     "Config",
     "ConfigError",
+    "DrainSummary",
     "FileCache",
     "ListenError",
     "LogFormat",
@@ -117,6 +121,7 @@ __all__ = (
     "NonceStore",
     "NonceStoreUnavailable",
     "NonceVerdict",
+    "QueuedEntry",
     "Redactor",
     "RedisCache",
     "RedisNonceStore",
@@ -141,6 +146,7 @@ __all__ = (
     "load_config",
     "mega_runtime",
     "open_cache",
+    "open_nonces",
     "open_redis",
     "ready_immediately",
     "serve_alerts",

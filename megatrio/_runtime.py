@@ -8,21 +8,19 @@ import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any, TypeVar, final
+from typing import Any, TypeVar, final
 
 import anyio
 import anyio.abc
 
 from ._policy._checks import check_seconds
+from ._policy._nonces import NonceStore
+from ._registry import Registry
 from ._util import NoPublicConstructor
-from .nursery._errors import describe, unwrap_group
+from .nursery._errors import describe, unwrapped_groups
 from .nursery._signals import check_main_thread, serve_stop_signals
 from .nursery._watchdog import LoopWatchdog
 from .supervisor import ChildSpec, Supervisor
-
-if TYPE_CHECKING:
-    from .services.stores._cache import Cache
-    from .services.stores._nonce import NonceStore
 
 log = logging.getLogger("megatrio.runtime")
 
@@ -61,11 +59,12 @@ class Runtime(metaclass=NoPublicConstructor):
         self._delay_scope: anyio.CancelScope | None = None
         self._forced = False
         self._fatal: BaseException | None = None
-        # Stores registered by services (megatrio.open_cache, ...): the runtime only keeps
-        # them by name, so it needs no import of the services built on it.
-        self._caches: dict[str, Cache] = {}
-        self.nonces: NonceStore | None = None
-        """The replay-protection store ``megatrio run`` configured, if any."""
+        self.caches: Registry[Any] = Registry("cache", name)
+        """The caches by alias, registered by :func:`megatrio.open_cache` for as long as it is
+        open. Values are ``megatrio.Cache``; typed ``Any`` because that class belongs to the
+        stores layer above the runtime, which the runtime does not import (``open_cache``
+        yields the typed cache)."""
+        self._nonces: NonceStore | None = None
 
     @property
     def stopping(self) -> bool:
@@ -80,18 +79,43 @@ class Runtime(metaclass=NoPublicConstructor):
         """Stop and remove a root child; see :meth:`Supervisor.stop_child`."""
         await self.supervisor.stop_child(name)
 
-    def cache(self, alias: str = "default") -> Cache:
-        """The cache registered as *alias* (see :func:`megatrio.open_cache`).
+    def cache(self, alias: str = "default") -> Any:
+        """The ``megatrio.Cache`` registered as *alias* (see :func:`megatrio.open_cache`).
 
         Raises:
             LookupError: no cache has that alias (the message lists the known ones).
         """
-        try:
-            return self._caches[alias]
-        except KeyError:
-            known = ", ".join(sorted(self._caches)) or "none"
-            message = f"no cache {alias!r} in runtime {self.name!r} (known: {known})"
-            raise LookupError(message) from None
+        return self.caches.get(alias)
+
+    @property
+    def nonces(self) -> NonceStore:
+        """The replay-protection store: the configured one under ``megatrio run``, the one
+        :func:`megatrio.open_nonces` installed when embedding.
+
+        Raises:
+            LookupError: none is installed (the message says how to open one).
+        """
+        if self._nonces is None:
+            raise LookupError(
+                f"runtime {self.name!r} has no nonce store: open one with "
+                "`async with megatrio.open_nonces(rt, megatrio.MemoryNonceStore()):`"
+            )
+        return self._nonces
+
+    def install_nonces(self, store: NonceStore) -> None:
+        """Make *store* :attr:`nonces`; used by :func:`megatrio.open_nonces`. Not a checkpoint.
+
+        Raises:
+            ValueError: a nonce store is installed already.
+        """
+        if self._nonces is not None:
+            raise ValueError(f"runtime {self.name!r} already has a nonce store")
+        self._nonces = store
+
+    def uninstall_nonces(self, store: NonceStore) -> None:
+        """Remove *store* if it is :attr:`nonces`. Idempotent; not a checkpoint."""
+        if self._nonces is store:
+            self._nonces = None
 
     def snapshot(self) -> dict[str, Any]:
         """The whole supervision tree as plain data. Not a checkpoint."""
@@ -347,40 +371,36 @@ async def mega_runtime(
     rt = Runtime._create(name, grace, root, delay)
     body_error: Exception | None = None
     try:
-        async with anyio.create_task_group() as tg:
-            rt._tg = tg
-            try:
-                if watchdog is not None:
-                    await tg.start(watchdog.serve)
-                if handle_signals:
-                    blocked = watchdog.blocked if watchdog is not None else _never
-                    await tg.start(
-                        functools.partial(serve_stop_signals, loop_blocked=blocked),
-                        rt.stop,
-                        rt.cancel,
-                    )
-                await tg.start(rt._run_root)
+        with unwrapped_groups():
+            async with anyio.create_task_group() as tg:
+                rt._tg = tg
                 try:
-                    with rt._body_scope:
-                        yield rt
-                except Exception as exc:
-                    body_error = exc
+                    if watchdog is not None:
+                        await tg.start(watchdog.serve)
+                    if handle_signals:
+                        blocked = watchdog.blocked if watchdog is not None else _never
+                        await tg.start(
+                            functools.partial(serve_stop_signals, loop_blocked=blocked),
+                            rt.stop,
+                            rt.cancel,
+                        )
+                    await tg.start(rt._run_root)
+                    try:
+                        with rt._body_scope:
+                            yield rt
+                    except Exception as exc:
+                        body_error = exc
+                        rt._stop_requested = True
+                    await rt._shutdown()
+                except BaseException:
+                    # Cancelled from outside (or worse): the children are being cancelled with
+                    # the task group; once they are gone, resources still close, shielded and
+                    # bounded by the grace.
                     rt._stop_requested = True
-                await rt._shutdown()
-            except BaseException:
-                # Cancelled from outside (or worse): the children are being cancelled with
-                # the task group; once they are gone, resources still close, shielded and
-                # bounded by the grace.
-                rt._stop_requested = True
-                await rt._wait_children_gone()
-                await rt._close_resources()
-                raise
-            tg.cancel_scope.cancel()
-    except BaseExceptionGroup as group:
-        leaf = unwrap_group(group)
-        if leaf is group:
-            raise
-        raise leaf  # noqa: B904 -- the group stays reachable as __context__
+                    await rt._wait_children_gone()
+                    await rt._close_resources()
+                    raise
+                tg.cancel_scope.cancel()
     finally:
         await rt._close_resources()
     fatal = rt._fatal if rt._fatal is not None else body_error

@@ -1,6 +1,8 @@
 """Replay protection: remember (sender, nonce) until its message could no longer be accepted.
 
-Sans-IO: every method takes ``now``.
+Sans-IO: every method takes ``now``. :class:`NonceStore` is the contract of every store built
+on these verdicts; it is defined here, below the runtime, so that ``Runtime.nonces`` is typed
+without the runtime importing the stores layer (a Protocol imports no event loop).
 """
 
 from __future__ import annotations
@@ -9,7 +11,7 @@ import collections
 import enum
 import heapq
 import math
-from typing import final
+from typing import Protocol, final
 
 from ._checks import check_count, check_seconds
 
@@ -29,6 +31,14 @@ class NonceVerdict(enum.Enum):
     @property
     def accepted(self) -> bool:
         return self is NonceVerdict.ACCEPTED
+
+
+class NonceStore(Protocol):
+    """Decides whether a message is fresh and new; remembers it when it is."""
+
+    async def check(self, sender: str, nonce: str, timestamp: float) -> NonceVerdict:
+        """Accept (and remember) or reject the message (sender, nonce) sent at *timestamp*."""
+        ...
 
 
 @final

@@ -153,7 +153,9 @@ class App:
         Raises:
             RuntimeError: the app is not being served. LookupError: no such cache.
         """
-        return self.rt.cache(alias)
+        cache = self.rt.cache(alias)
+        assert isinstance(cache, Cache)  # only open_cache registers caches
+        return cache
 
     @property
     def rt(self) -> Runtime:

@@ -23,7 +23,7 @@ from ..services.http._sockets import bind_listeners, closing_all
 from ..services.logs._redact import Redactor
 from ..supervisor import ChildSpec
 from ._app import App
-from ._stores import open_stores
+from ._stores import start_stores
 
 log = logging.getLogger("megatrio.serve")
 
@@ -83,7 +83,7 @@ async def serve_app(
     opens and before any listener is announced or served. The sockets are closed on every path.
 
     Start order: the configured stores (Redis, caches with their cleaners, the nonce store;
-    see :func:`~megatrio.app._stores.open_stores`), ``app.on_start(rt)``, the public HTTP
+    see :func:`~megatrio.app._stores.start_stores`), ``app.on_start(rt)``, the public HTTP
     listener, the admin listener (if ``config.admin_bind``), then ``app.children()`` and
     *extra_children*. Reports started with the bound addresses once all are ready. Stops in
     reverse, then ``app.on_stop(rt)``, then resources.
@@ -114,7 +114,7 @@ async def serve_app(
             app._attach(rt)
             rt.push_async_callback(_detach, app)
             readiness = _Readiness(rt)
-            await open_stores(rt, config)
+            await start_stores(rt, config)
             await app.on_start(rt)
             rt.push_async_callback(app.on_stop, rt)
             front = health_front(app.asgi(), readiness)

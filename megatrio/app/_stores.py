@@ -13,7 +13,7 @@ from .._runtime import Runtime
 from ..services.logs._redact import Redactor
 from ..services.stores._cache import CacheDriver, MemoryCache, open_cache
 from ..services.stores._file_cache import FileCache
-from ..services.stores._nonce import MemoryNonceStore
+from ..services.stores._nonce import MemoryNonceStore, NonceStore, open_nonces
 from ..services.stores._retry_queue import RetryQueue
 from ..supervisor import ChildSpec
 
@@ -22,10 +22,14 @@ if TYPE_CHECKING:
     from ..services.stores._redis import RedisClient
 
 
-async def open_stores(rt: Runtime, config: Config, *, directory: Path | None = None) -> None:
-    """Open Redis (if ``redis_url``), every ``[cache.ALIAS]``, the nonce store and alerts.
+async def start_stores(rt: Runtime, config: Config, *, directory: Path | None = None) -> None:
+    """Open Redis (if ``redis_url``), every ``[cache.ALIAS]``, the nonce store and alerts, for
+    the rest of the runtime's life.
 
-    Redis is a runtime resource (closed after every child has stopped); each cache's cleaner
+    Not a context manager: everything is a runtime resource or child, closed when the runtime
+    stops. Redis, the caches (:func:`open_cache`) and the nonce store (:func:`open_nonces`) are
+    entered with ``rt.enter_async_context``, so they close after every child has stopped, in
+    reverse order (``on_stop`` hooks registered later still find them); each cache's cleaner
     is the supervised child ``cache-ALIAS``. File caches without a ``path`` live in
     ``.megatrio/cache/ALIAS`` under *directory* (default: the current directory). With an
     alert destination configured, ERROR records are sent there by the supervised child
@@ -44,18 +48,18 @@ async def open_stores(rt: Runtime, config: Config, *, directory: Path | None = N
     base = Path.cwd() if directory is None else directory
     for alias, cache_config in config.cache.items():
         driver = await _driver(alias, cache_config, client, base)
-        await open_cache(rt, alias, driver)
+        await rt.enter_async_context(open_cache(rt, alias, driver))
+    nonces: NonceStore
     if config.nonce_driver is NonceDriverKind.REDIS:
-        from ..services.stores._redis import RedisNonceStore
+        from ..services.stores._redis_nonce import RedisNonceStore
 
         assert client is not None  # Config refuses a redis nonce store without redis_url
-        rt.nonces = RedisNonceStore(
-            client, namespace=rt.name, skew_seconds=config.nonce_skew_seconds
-        )
+        nonces = RedisNonceStore(client, namespace=rt.name, skew_seconds=config.nonce_skew_seconds)
     else:
-        rt.nonces = MemoryNonceStore(
+        nonces = MemoryNonceStore(
             skew_seconds=config.nonce_skew_seconds, max_entries=config.nonce_max_entries
         )
+    await rt.enter_async_context(open_nonces(rt, nonces))
     await _open_alerts(rt, config, base)
 
 
@@ -99,7 +103,7 @@ async def _driver(
 ) -> CacheDriver:
     max_bytes = config.max_bytes or None
     if config.driver is CacheDriverKind.REDIS:
-        from ..services.stores._redis import RedisCache
+        from ..services.stores._redis_cache import RedisCache
 
         assert client is not None  # Config refuses a redis cache without redis_url
         return RedisCache(client)

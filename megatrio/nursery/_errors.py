@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import linecache
 import logging
 import sys
 import traceback
 import types
+from collections.abc import Iterator
 
 MAX_FRAMES = 40
 """Frames kept per exception in a crash report: the outermost and innermost halves."""
@@ -22,6 +24,22 @@ def unwrap_group(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     return exc
+
+
+@contextlib.contextmanager
+def unwrapped_groups() -> Iterator[None]:
+    """Let a one-error exception group leaving the block out as that error (:func:`unwrap_group`).
+
+    For public boundaries around a task group: the caller sees the real error, and the group
+    stays reachable as its ``__context__``. Groups of several errors leave unchanged.
+    """
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        leaf = unwrap_group(group)
+        if leaf is group:
+            raise
+        raise leaf  # noqa: B904 -- the group stays reachable as __context__
 
 
 def describe(exc: BaseException) -> str:

@@ -18,12 +18,12 @@ from megatrio.services.stores._cache import Cache, open_cache
 from megatrio.services.stores._redis import (
     BackendUnavailable,
     CacheUnavailable,
-    RedisCache,
     RedisClient,
     open_redis,
     parse_redis_url,
     ttl_milliseconds,
 )
+from megatrio.services.stores._redis_cache import RedisCache
 
 from ..servers import RedisServer, free_port
 
@@ -373,7 +373,7 @@ async def test_in_a_runtime_the_cleaner_is_a_supervised_child_that_stops_on_requ
     async with open_redis(redis.url) as client:
         start = trio.current_time()
         async with mega_runtime(name="shop", grace_seconds=5) as rt:
-            cache = await open_cache(rt, "default", RedisCache(client))
+            cache = await rt.enter_async_context(open_cache(rt, "default", RedisCache(client)))
             assert rt.cache() is cache
             children = {child["name"]: child for child in rt.snapshot()["children"]}
             assert children["cache-default"]["state"] == "running"
@@ -401,7 +401,7 @@ def test_open_redis_as_a_runtime_resource(redis: RedisServer) -> None:
     async def main() -> None:
         async with mega_runtime(name="shop", grace_seconds=5) as rt:
             client = await rt.enter_async_context(open_redis(redis.url))
-            cache = await open_cache(rt, "default", RedisCache(client))
+            cache = await rt.enter_async_context(open_cache(rt, "default", RedisCache(client)))
             await cache.set("k", 1)
         assert await _get_raw(redis, "mega:cache:shop:k") == b"1"
 

@@ -12,12 +12,8 @@ import pytest
 import trio
 
 from megatrio._policy._nonces import NonceVerdict
-from megatrio.services.stores._redis import (
-    NonceStoreUnavailable,
-    RedisClient,
-    RedisNonceStore,
-    open_redis,
-)
+from megatrio.services.stores._redis import NonceStoreUnavailable, RedisClient, open_redis
+from megatrio.services.stores._redis_nonce import RedisNonceStore
 
 from ..servers import RedisServer
 

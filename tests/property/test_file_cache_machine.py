@@ -209,7 +209,7 @@ class FileCacheMachine(RuleBasedStateMachine):
         if self.cache._opened:
             assert len(self.cache) <= self.max_entries
             assert self.cache.total_bytes <= self.max_bytes
-            index = {d: e.size for d, e in self.cache._index.items()}
+            index = {d: e.size for d, e in self.cache._index.entries.items()}
             assert index == entries, "the index does not match the directory"
 
 

@@ -28,7 +28,8 @@ from hypothesis import strategies as st
 
 from megatrio._policy._nonces import NonceVerdict
 from megatrio.services.stores._nonce import MemoryNonceStore, NonceStore
-from megatrio.services.stores._redis import RedisNonceStore, open_redis
+from megatrio.services.stores._redis import open_redis
+from megatrio.services.stores._redis_nonce import RedisNonceStore
 
 from ..servers import RedisServer
 

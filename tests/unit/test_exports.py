@@ -95,6 +95,17 @@ def test_public_objects_claim_the_public_module_in_docs() -> None:
     assert repr(megatrio.Cache) == "<class 'megatrio.Cache'>"
 
 
+def test_the_types_in_retry_queue_drain_are_public() -> None:
+    # RetryQueue.drain takes a deliver(QueuedEntry) and returns a DrainSummary: users name
+    # both in their own annotations, so both are re-exported and claim the face.
+    hints = typing.get_type_hints(megatrio.RetryQueue.drain)
+    assert hints["return"] is megatrio.DrainSummary
+    assert typing.get_args(hints["deliver"])[0] == [megatrio.QueuedEntry]
+    for cls in (megatrio.QueuedEntry, megatrio.DrainSummary):
+        assert cls.__module__ == "megatrio"
+        assert cls.__name__ in megatrio.__all__
+
+
 def test_handles_have_no_public_constructor() -> None:
     with pytest.raises(TypeError, match="no public constructor"):
         megatrio.ChildContext("x", ("x",))  # type: ignore[call-arg]

@@ -24,7 +24,7 @@ import trio
 import trio.testing
 
 from megatrio import ChildSpec, mega_runtime
-from megatrio.services.stores import _file_cache
+from megatrio.services.stores import _file_cache, _file_ops
 from megatrio.services.stores._cache import Cache
 from megatrio.services.stores._file_cache import FileCache
 
@@ -212,7 +212,7 @@ async def test_expiry_heap_stays_proportional_to_the_entries(root: Path, clock: 
     driver = FileCache(root, clock=clock)
     for i in range(300):
         await driver.set(full("k"), str(i).encode(), 10 + i)
-    assert len(driver._heap) <= 2 * len(driver) + 64
+    assert len(driver._index.heap) <= 2 * len(driver) + 64
 
 
 # -- corruption -----------------------------------------------------------------------------
@@ -529,13 +529,13 @@ async def test_sweep_touches_only_the_due_entries(
     for i in range(3):
         await driver.set(full(f"due{i}"), b"v", 5)
     retired: list[str] = []
-    real_retire = _file_cache._retire
+    real_retire = _file_ops.retire
 
     def counting_retire(root: str, digest: str, now: float) -> tuple[str, object]:
         retired.append(digest)
         return real_retire(root, digest, now)
 
-    monkeypatch.setattr(_file_cache, "_retire", counting_retire)
+    monkeypatch.setattr(_file_ops, "retire", counting_retire)
     clock.advance(10)
     assert await driver.sweep() == 3
     assert len(retired) == 3
@@ -575,7 +575,7 @@ def write_entries(root: Path, names: list[str], expires_at: float) -> None:
     for name in names:
         key = full(name).encode()
         digest = hashlib.sha256(key).hexdigest()
-        assert _file_cache._write_entry(str(root), digest, key, b"v", expires_at, [], False).stat
+        assert _file_ops.write_entry(str(root), digest, key, b"v", expires_at, [], False).stat
 
 
 async def test_a_stop_request_ends_a_long_sweep_between_batches(
@@ -588,7 +588,7 @@ async def test_a_stop_request_ends_a_long_sweep_between_batches(
     clock.advance(10)
     in_batch, release = threading.Event(), threading.Event()
     batches = 0
-    real_retire_many = _file_cache._retire_many
+    real_retire_many = _file_cache.retire_many
 
     def blocking_retire_many(root: str, digests: list[str], now: float) -> object:
         nonlocal batches
@@ -597,7 +597,7 @@ async def test_a_stop_request_ends_a_long_sweep_between_batches(
         release.wait(10)
         return real_retire_many(root, digests, now)
 
-    monkeypatch.setattr(_file_cache, "_retire_many", blocking_retire_many)
+    monkeypatch.setattr(_file_cache, "retire_many", blocking_retire_many)
     async with mega_runtime() as rt:
         # No shutdown deadline: only the sweep's own check of the stop request can end it.
         await rt.start_child(ChildSpec("cleaner", driver.serve_cleaner, shutdown_seconds=math.inf))

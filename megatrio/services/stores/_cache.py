@@ -10,14 +10,16 @@ A driver stores bytes under full keys and owns its bound and its cleaning; see
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, final
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, final
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from ..._exceptions import SupervisorNotRunning
 from ..._policy._checks import check_count, check_seconds
 from ..._policy._ttl_lru import TTLLRU
 from ...nursery._spec import ChildSpec
@@ -29,6 +31,9 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 KEY_PREFIX = "mega:cache"
+
+# The cleaner's grace when its cache is closed: a sweep or rescan batch in progress finishes.
+_CLEANER_SHUTDOWN_SECONDS: Final = 5.0
 
 
 class CacheDriver(Protocol):
@@ -220,19 +225,44 @@ class MemoryCache:
         return self._store.sweep(anyio.current_time())
 
 
-async def open_cache(rt: Runtime, alias: str, driver: CacheDriver) -> Cache:
-    """Register *driver* as the cache *alias* of *rt* and start its cleaner.
+@contextlib.asynccontextmanager
+async def open_cache(rt: Runtime, alias: str, driver: CacheDriver) -> AsyncIterator[Cache]:
+    """``async with open_cache(rt, alias, driver) as cache:`` — *driver* as the cache *alias*.
 
-    The cleaner runs as the supervised child ``cache-<alias>`` (it stops with the tree); the
-    facade's namespace is the runtime's name, so keys are ``mega:cache:<rt.name>:<key>``.
-    Returns the :class:`Cache`, also available as ``rt.cache(alias)``.
+    On entry it registers the :class:`Cache` in ``rt.caches``, so ``rt.cache(alias)`` finds it,
+    and starts the driver's cleaner as the supervised child ``cache-<alias>`` (returning once
+    it is ready). On exit — normal, by an error, or cancelled — it stops that child and
+    unregisters the cache; the stop is shielded and bounded by the child's
+    ``shutdown_seconds``. If the runtime is already stopping, its own shutdown stops the child.
+    The facade's namespace is the runtime's name, so keys are ``mega:cache:<rt.name>:<key>``.
+
+    The alias map is the runtime's generic :class:`~megatrio._registry.Registry`, not a cache
+    type the runtime knows: the runtime sits below the stores and imports nothing of them.
 
     Raises:
         ValueError: *alias* is already registered.
+        StartupFailed / SupervisorNotRunning: the cleaner could not be started (the cache is
+            unregistered again).
     """
-    if alias in rt._caches:
-        raise ValueError(f"runtime {rt.name!r} already has a cache {alias!r}")
     cache = Cache(driver, namespace=rt.name, alias=alias)
-    await rt.start_child(ChildSpec(f"cache-{alias}", driver.serve_cleaner))
-    rt._caches[alias] = cache
-    return cache
+    # Registered before the start (a checkpoint), so that a concurrent open of the same alias
+    # fails instead of starting a second child of the same name.
+    rt.caches.add(alias, cache)
+    try:
+        spec = ChildSpec(
+            f"cache-{alias}", driver.serve_cleaner, shutdown_seconds=_CLEANER_SHUTDOWN_SECONDS
+        )
+        await rt.start_child(spec)
+        try:
+            yield cache
+        finally:
+            # The child stops within its shutdown_seconds (the supervisor sets that deadline),
+            # so the shield is bounded by the same time.
+            # Not found or not running: gone already, or the runtime's shutdown is stopping it.
+            with (
+                anyio.move_on_after(_CLEANER_SHUTDOWN_SECONDS, shield=True),
+                contextlib.suppress(LookupError, SupervisorNotRunning),
+            ):
+                await rt.stop_child(spec.name)
+    finally:
+        rt.caches.discard(alias, cache)

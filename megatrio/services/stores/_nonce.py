@@ -6,24 +6,23 @@ Message timestamps come from other machines, so freshness is judged against wall
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable
-from typing import Protocol, final
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, TypeVar, final
 
 import anyio
 import anyio.lowlevel
 
+from ..._policy._nonces import NonceStore as NonceStore
 from ..._policy._nonces import NonceVerdict, NonceWindow
 
+if TYPE_CHECKING:
+    from ..._runtime import Runtime
+
+S = TypeVar("S", bound=NonceStore)
+
 NONCE_PREFIX = "mega:nonce"
-
-
-class NonceStore(Protocol):
-    """Decides whether a message is fresh and new; remembers it when it is."""
-
-    async def check(self, sender: str, nonce: str, timestamp: float) -> NonceVerdict:
-        """Accept (and remember) or reject the message (sender, nonce) sent at *timestamp*."""
-        ...
 
 
 @final
@@ -56,3 +55,23 @@ class MemoryNonceStore:
     async def check(self, sender: str, nonce: str, timestamp: float) -> NonceVerdict:
         await anyio.lowlevel.checkpoint()
         return self._window.check(sender, nonce, timestamp, self._clock())
+
+
+@contextlib.asynccontextmanager
+async def open_nonces(rt: Runtime, store: S) -> AsyncIterator[S]:
+    """``async with open_nonces(rt, MemoryNonceStore()) as nonces:`` — *store* as ``rt.nonces``.
+
+    The embedding counterpart of what ``megatrio run`` does with the configured store: on entry
+    *store* becomes ``rt.nonces``, on exit (however the block ends) it is removed again. A
+    checkpoint on entry. The store needs no child: memory expires by time buckets, Redis by
+    itself.
+
+    Raises:
+        ValueError: *rt* has a nonce store already.
+    """
+    await anyio.lowlevel.checkpoint()
+    rt.install_nonces(store)
+    try:
+        yield store
+    finally:
+        rt.uninstall_nonces(store)

@@ -1,4 +1,4 @@
-"""Redis-backed stores on coredis: a client for the runtime, a cache driver, a nonce store.
+"""The Redis client on coredis: opening it, parsing its URL, and mapping its errors.
 
 coredis is anyio-native, so the client runs inside the trio (or asyncio) tree with ordinary
 cancellation. ``async with client:`` enters its connection pool, which opens a task group in
@@ -13,36 +13,30 @@ not answer within the client's timeouts or refuses a command (out of memory, rea
 replica) raises :class:`BackendUnavailable` — from the stores, its subclass
 :class:`CacheUnavailable` or :class:`NonceStoreUnavailable` — with the coredis error as
 ``__cause__``: never a silent miss, never a silent accept.
+
+The stores built on the client are :class:`~._redis_cache.RedisCache` and
+:class:`~._redis_nonce.RedisNonceStore`; every use of coredis' internals is in
+:mod:`._coredis`.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import logging
-import math
-import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any, NoReturn, final
-from urllib.parse import quote, unquote, urlsplit
+from typing import Any, NoReturn
+from urllib.parse import unquote, urlsplit
 
-import anyio
-import anyio.abc
 import anyio.lowlevel
 import attrs
 import coredis
 import coredis.exceptions
-from coredis.connection import BaseConnection, TCPConnection, UnixDomainSocketConnection
-from coredis.pool import ConnectionPool
 from coredis.retry import ConstantRetryPolicy
-from coredis.tokens import PureToken
 
 from ..._exceptions import MegatrioError
 from ..._policy._checks import check_seconds
-from ..._policy._nonces import NonceVerdict
-from ...nursery._child import current_child
-from ...nursery._errors import describe, unwrap_group
-from ._nonce import NONCE_PREFIX
+from ...nursery._errors import describe, unwrapped_groups
+from ._coredis import ConnectionPool, check_internals
 
 log = logging.getLogger("megatrio.redis")
 
@@ -90,16 +84,18 @@ _UNAVAILABLE: tuple[type[BaseException], ...] = (
 )
 
 
-def _is_unavailable(exc: BaseException) -> bool:
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether *exc* means "the backend cannot serve this now" (not a wrong command)."""
     if isinstance(exc, _UNAVAILABLE):
         return True
     # Over maxmemory with maxmemory-policy noeviction, writes fail with an "OOM ..." error.
     return isinstance(exc, coredis.exceptions.ResponseError) and str(exc).startswith("OOM")
 
 
-async def _raise_unavailable(
+async def raise_unavailable(
     error: type[BackendUnavailable], message: str, exc: BaseException
 ) -> NoReturn:
+    """Raise *error* for the coredis error *exc*, or the pending cancellation if any."""
     # coredis turns a cancellation that arrives while it sets up a connection into a
     # ConnectionError. If our own scope was cancelled, let the cancellation through instead of
     # reporting an outage that did not happen.
@@ -218,54 +214,6 @@ def _redact_url(url: str) -> str:
     return f"{scheme}://{rest}{'#***' if hash_sign else ''}"
 
 
-def _close_buffers(connection: BaseConnection) -> None:
-    # coredis closes a connection's memory streams only once the socket is open; after a
-    # failed connect they would stay open and warn (ResourceWarning) when collected.
-    for stream in (
-        connection._write_buffer_in,
-        connection._write_buffer_out,
-        connection._push_message_buffer_in,
-        connection._push_message_buffer_out,
-        connection._streamed_message_buffer_in,
-        connection._streamed_message_buffer_out,
-    ):
-        stream.close()
-
-
-class _TCPConnection(TCPConnection):
-    async def run(
-        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        try:
-            await super().run(task_status=task_status)
-        finally:
-            _close_buffers(self)
-
-
-class _UnixConnection(UnixDomainSocketConnection):
-    async def run(
-        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        try:
-            await super().run(task_status=task_status)
-        finally:
-            _close_buffers(self)
-
-
-_CONNECTION_CLASSES: dict[type[BaseConnection], type[BaseConnection]] = {
-    TCPConnection: _TCPConnection,
-    UnixDomainSocketConnection: _UnixConnection,
-}
-
-
-class _ConnectionPool(ConnectionPool[Any]):
-    """coredis' pool with connections that release their buffers even when connecting fails."""
-
-    def __init__(self, *, connection_class: type[BaseConnection], **kwargs: Any) -> None:
-        connection_class = _CONNECTION_CLASSES.get(connection_class, connection_class)
-        super().__init__(connection_class=connection_class, **kwargs)
-
-
 _RESERVED_OPTIONS = frozenset(
     {
         "host",
@@ -316,6 +264,7 @@ async def open_redis(
             positive.
         TypeError: *options* names an argument that the URL or a timeout argument decides.
         BackendUnavailable: the first PING failed (refused, timed out, authentication).
+        RuntimeError: the installed coredis lacks an internal megatrio relies on (named).
     """
     target = parse_redis_url(url)
     connect = check_seconds(
@@ -324,6 +273,7 @@ async def open_redis(
     stream = check_seconds(
         "stream_timeout_seconds", stream_timeout_seconds, allow_zero=False, allow_inf=False
     )
+    check_internals()
     reserved = sorted(_RESERVED_OPTIONS.intersection(options))
     if reserved:
         raise TypeError(
@@ -346,15 +296,16 @@ async def open_redis(
         connect_timeout=connect,
         stream_timeout=stream,
         pool_timeout=connect + stream,
-        connection_pool_cls=_ConnectionPool,
+        connection_pool_cls=ConnectionPool,
         **options,
     )
-    try:
+    # The pool's task group wraps whatever leaves the block; show the real error.
+    with unwrapped_groups():
         async with client:
             try:
                 await client.ping()
             except (coredis.exceptions.RedisError, TimeoutError) as exc:
-                await _raise_unavailable(
+                await raise_unavailable(
                     BackendUnavailable, f"cannot reach Redis at {target.redacted}", exc
                 )
             log.info("redis %s: connected", target.redacted)
@@ -362,15 +313,7 @@ async def open_redis(
                 yield client
             finally:
                 log.debug("redis %s: closing", target.redacted)
-    except BaseExceptionGroup as group:
-        # The pool's task group wraps whatever leaves the block; show the real error.
-        leaf = unwrap_group(group)
-        if leaf is group:
-            raise
-        raise leaf  # noqa: B904 -- the group stays reachable as __context__
 
-
-# -- the cache driver -----------------------------------------------------------------------
 
 # Redis refuses expiries that overflow its millisecond clock; 2**53 ms is ~285,000 years.
 _MAX_TTL_MS = 2**53
@@ -385,178 +328,3 @@ def ttl_milliseconds(seconds: float) -> int:
     if ms - whole > 1e-6:
         whole += 1
     return 1 if whole < 1 else whole if whole < _MAX_TTL_MS else _MAX_TTL_MS
-
-
-@final
-class RedisCache:
-    """:class:`~megatrio.CacheDriver` on Redis: GET, SET PX, DEL, EXISTS.
-
-    Keys are the facade's full keys (``mega:cache:<app>:<key>``) and values its bytes, stored
-    as Redis strings; a TTL becomes ``PX`` (rounded up to whole milliseconds) and ``None``
-    means no expiry. Redis expires keys itself — lazily on access and by its own active
-    expiry cycle — so :meth:`serve_cleaner` has nothing to sweep.
-
-    **Bound.** This driver does not cap entries per app: on a Redis shared by several apps and
-    processes, a per-namespace count would need a SCAN or a per-app index updated atomically
-    on every write, and it would still race across processes. The bound is Redis' own
-    ``maxmemory`` with its ``maxmemory-policy``: use ``allkeys-lru`` or ``volatile-lru`` (or
-    the ``lfu`` variants) for caching, and evictions are Redis' and counted in its
-    ``INFO stats`` (``evicted_keys``). With ``noeviction`` a write over the limit fails and
-    raises :class:`CacheUnavailable`; with ``maxmemory 0`` Redis is unbounded and entries
-    without a TTL stay until deleted. Nothing is dropped or capped silently by this driver.
-
-    Every method is a checkpoint and raises :class:`CacheUnavailable` when Redis cannot serve
-    (see the module docstring); cancelling one cancels only the wait for its reply. Errors
-    that are not about availability — say, ``WRONGTYPE`` because something else wrote a list
-    under the cache's prefix — are bugs, not outages, and propagate as coredis raised them.
-    """
-
-    def __init__(self, client: RedisClient) -> None:
-        self.client = client
-
-    async def get(self, key: str) -> bytes | None:
-        try:
-            return await self.client.get(key)
-        except Exception as exc:
-            if not _is_unavailable(exc):
-                raise
-            await _raise_unavailable(CacheUnavailable, f"cache GET {key!r} failed", exc)
-
-    async def set(self, key: str, value: bytes, ttl_seconds: float | None) -> None:
-        px = None if ttl_seconds is None else ttl_milliseconds(ttl_seconds)
-        try:
-            await self.client.set(key, value, px=px)
-        except Exception as exc:
-            if not _is_unavailable(exc):
-                raise
-            await _raise_unavailable(CacheUnavailable, f"cache SET {key!r} failed", exc)
-
-    async def delete(self, key: str) -> bool:
-        try:
-            # coredis takes a list of keys; a bare string would be read as its characters.
-            return await self.client.delete([key]) == 1
-        except Exception as exc:
-            if not _is_unavailable(exc):
-                raise
-            await _raise_unavailable(CacheUnavailable, f"cache DEL {key!r} failed", exc)
-
-    async def has(self, key: str) -> bool:
-        try:
-            return await self.client.exists([key]) == 1
-        except Exception as exc:
-            if not _is_unavailable(exc):
-                raise
-            await _raise_unavailable(CacheUnavailable, f"cache EXISTS {key!r} failed", exc)
-
-    async def serve_cleaner(
-        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        """Report started, then wait for the child's stop request (or cancellation).
-
-        Redis expires keys itself, so there is nothing to clean; the child exists so that
-        every driver has the same supervised shape. Outside a supervised child it waits until
-        cancelled.
-        """
-        task_status.started()
-        ctx = current_child()
-        if ctx is None:
-            await anyio.sleep_forever()
-        else:
-            await ctx.wait_stopping()
-
-    def __repr__(self) -> str:
-        return f"<RedisCache {self.client!r}>"
-
-
-# -- the nonce store ------------------------------------------------------------------------
-
-
-def _escape(part: str) -> str:
-    # Percent-encoding leaves only unreserved characters and %XX, so no ':' survives and the
-    # key "<sender>:<nonce>" splits back unambiguously. surrogatepass keeps lone surrogates
-    # (valid in JSON strings) encodable instead of raising.
-    return quote(part, safe="", errors="surrogatepass")
-
-
-@final
-class RedisNonceStore:
-    """:class:`~megatrio.NonceStore` on Redis, shared by every process.
-
-    A message is fresh while ``|now - timestamp| <= skew_seconds`` by *clock* (wall-clock
-    time, as message timestamps come from other machines). A fresh message is remembered with
-    one atomic ``SET key 1 NX PX <ms until timestamp + skew>`` (at least 1 ms): ACCEPTED if it
-    set the key, REPLAY if the key existed. The key is
-    ``mega:nonce:<namespace>:<sender>:<nonce>`` with *sender* and *nonce* percent-encoded
-    (``quote(..., safe="")``), so a ``:`` inside them is ``%3A`` and two different pairs
-    never share a key; *namespace* itself may not contain ``:``.
-
-    Redis expires the keys on its own clock; only the TTL's length comes from *clock*, so the
-    two clocks agree as long as both run at the rate of real time. Memory is bounded by the
-    message rate times at most ``2 * skew_seconds``; there is no entry cap and never a
-    :attr:`~NonceVerdict.FULL` verdict (Redis' ``maxmemory`` is the bound, and a refused
-    write fails closed like an outage).
-
-    Fails closed: when Redis cannot answer, :meth:`check` raises
-    :class:`NonceStoreUnavailable` and nothing is accepted. A write whose connection broke is
-    retried once by the client (see :func:`open_redis`); if the first attempt had reached
-    Redis, the retry sees the key and answers REPLAY — a false rejection, never a false
-    accept. Rejections are counted in :attr:`rejected`.
-    """
-
-    def __init__(
-        self,
-        client: RedisClient,
-        *,
-        namespace: str,
-        skew_seconds: float = 300.0,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        if not isinstance(namespace, str) or not namespace or ":" in namespace:
-            raise ValueError(f"nonce namespace must be non-empty without ':', got {namespace!r}")
-        self.client = client
-        self.namespace = namespace
-        self.skew_seconds = check_seconds("skew_seconds", skew_seconds, allow_inf=False)
-        self._clock = clock
-        self._prefix = f"{NONCE_PREFIX}:{namespace}:"
-        self._rejected: collections.Counter[str] = collections.Counter()
-
-    @property
-    def rejected(self) -> dict[str, int]:
-        """Rejections so far in this process, by reason (``replay``, ``stale``)."""
-        return dict(self._rejected)
-
-    def key(self, sender: str, nonce: str) -> str:
-        """The Redis key remembering (*sender*, *nonce*). Not a checkpoint."""
-        return f"{self._prefix}{_escape(sender)}:{_escape(nonce)}"
-
-    async def check(self, sender: str, nonce: str, timestamp: float) -> NonceVerdict:
-        """Accept (and remember) or reject the message (*sender*, *nonce*) sent at *timestamp*.
-
-        Always a checkpoint. If cancelled while waiting for Redis, the message may or may not
-        have been remembered; a retry then answers ACCEPTED or REPLAY accordingly.
-
-        Raises:
-            NonceStoreUnavailable: Redis could not answer (the message must be rejected).
-        """
-        now = self._clock()
-        if math.isnan(timestamp) or abs(now - timestamp) > self.skew_seconds:
-            await anyio.lowlevel.checkpoint()
-            return self._reject(NonceVerdict.STALE)
-        px = ttl_milliseconds(timestamp + self.skew_seconds - now)
-        key = self.key(sender, nonce)
-        try:
-            stored = await self.client.set(key, b"1", condition=PureToken.NX, px=px)
-        except Exception as exc:
-            if not _is_unavailable(exc):
-                raise
-            await _raise_unavailable(
-                NonceStoreUnavailable, f"nonce check of {key!r} failed (rejecting)", exc
-            )
-        return NonceVerdict.ACCEPTED if stored else self._reject(NonceVerdict.REPLAY)
-
-    def _reject(self, verdict: NonceVerdict) -> NonceVerdict:
-        self._rejected[verdict.value] += 1
-        return verdict
-
-    def __repr__(self) -> str:
-        return f"<RedisNonceStore {self.namespace!r} {self.client!r}>"
