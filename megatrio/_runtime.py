@@ -8,7 +8,7 @@ import logging
 import math
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any, TypeVar, final
+from typing import TYPE_CHECKING, Any, TypeVar, final
 
 import anyio
 import anyio.abc
@@ -21,6 +21,10 @@ from .nursery._errors import describe, unwrapped_groups
 from .nursery._signals import check_main_thread, serve_stop_signals
 from .nursery._watchdog import LoopWatchdog
 from .supervisor import ChildSpec, Supervisor
+
+if TYPE_CHECKING:
+    # For annotations only: the stores are a layer above and are never imported at run time.
+    from .services.stores._cache import Cache
 
 log = logging.getLogger("megatrio.runtime")
 
@@ -59,11 +63,9 @@ class Runtime(metaclass=NoPublicConstructor):
         self._delay_scope: anyio.CancelScope | None = None
         self._forced = False
         self._fatal: BaseException | None = None
-        self.caches: Registry[Any] = Registry("cache", name)
+        self.caches: Registry[Cache] = Registry("cache", name)
         """The caches by alias, registered by :func:`megatrio.open_cache` for as long as it is
-        open. Values are ``megatrio.Cache``; typed ``Any`` because that class belongs to the
-        stores layer above the runtime, which the runtime does not import (``open_cache``
-        yields the typed cache)."""
+        open. The registry is generic: the runtime keeps the map and knows nothing of caches."""
         self._nonces: NonceStore | None = None
 
     @property
@@ -79,7 +81,7 @@ class Runtime(metaclass=NoPublicConstructor):
         """Stop and remove a root child; see :meth:`Supervisor.stop_child`."""
         await self.supervisor.stop_child(name)
 
-    def cache(self, alias: str = "default") -> Any:
+    def cache(self, alias: str = "default") -> Cache:
         """The ``megatrio.Cache`` registered as *alias* (see :func:`megatrio.open_cache`).
 
         Raises:

@@ -58,6 +58,30 @@ async def test_open_cache_registers_for_the_block_and_stops_its_cleaner_on_exit(
     assert task_names("shop/") == []
 
 
+async def test_an_awaited_open_cache_stays_open_until_the_runtime_has_stopped() -> None:
+    seen_during_stop: list[object] = []
+
+    async def uses_the_cache_while_stopping(*, task_status: anyio.abc.TaskStatus[None]) -> None:
+        task_status.started()
+        ctx = megatrio.current_child()
+        assert ctx is not None
+        await ctx.wait_stopping()
+        seen_during_stop.append(await rt.cache("pages").get("k"))
+
+    driver = MemoryCache()
+    async with mega_runtime(name="shop") as rt:
+        cache = await open_cache(rt, "pages", driver)
+        assert rt.cache("pages") is cache
+        await cache.set("k", "v")
+        await rt.start_child(megatrio.ChildSpec("user", uses_the_cache_while_stopping))
+        assert children(rt) == {"cache-pages": "running", "user": "running"}
+    # Closed with the runtime's resources: after the children, which could still use it.
+    assert seen_during_stop == ["v"]
+    with pytest.raises(LookupError, match="no cache 'pages'"):
+        rt.cache("pages")
+    assert task_names("shop/") == []
+
+
 async def test_a_second_cache_under_the_same_alias_is_refused() -> None:
     async with mega_runtime(name="shop") as rt, open_cache(rt, "default", MemoryCache()) as first:
         with pytest.raises(ValueError, match="runtime 'shop' already has a cache 'default'"):

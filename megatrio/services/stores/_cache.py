@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, final
 
 import anyio
@@ -225,8 +225,9 @@ class MemoryCache:
         return self._store.sweep(anyio.current_time())
 
 
-@contextlib.asynccontextmanager
-async def open_cache(rt: Runtime, alias: str, driver: CacheDriver) -> AsyncIterator[Cache]:
+def open_cache(
+    rt: Runtime, alias: str, driver: CacheDriver
+) -> contextlib.AbstractAsyncContextManager[Cache]:
     """``async with open_cache(rt, alias, driver) as cache:`` — *driver* as the cache *alias*.
 
     On entry it registers the :class:`Cache` in ``rt.caches``, so ``rt.cache(alias)`` finds it,
@@ -239,11 +240,40 @@ async def open_cache(rt: Runtime, alias: str, driver: CacheDriver) -> AsyncItera
     The alias map is the runtime's generic :class:`~megatrio._registry.Registry`, not a cache
     type the runtime knows: the runtime sits below the stores and imports nothing of them.
 
+    Awaiting the result instead, ``cache = await open_cache(rt, alias, driver)``, opens the cache
+    for the rest of the runtime's life: it is closed with the runtime's resources
+    (:meth:`Runtime.enter_async_context`), after every child has stopped.
+
     Raises:
         ValueError: *alias* is already registered.
         StartupFailed / SupervisorNotRunning: the cleaner could not be started (the cache is
             unregistered again).
     """
+    return _CacheOpening(rt, _opened_cache(rt, alias, driver))
+
+
+@final
+class _CacheOpening(contextlib.AbstractAsyncContextManager["Cache"]):
+    """What :func:`open_cache` returns: a context manager, or awaited, a runtime resource."""
+
+    __slots__ = ("_manager", "_rt")
+
+    def __init__(self, rt: Runtime, manager: contextlib.AbstractAsyncContextManager[Cache]) -> None:
+        self._rt = rt
+        self._manager = manager
+
+    async def __aenter__(self) -> Cache:
+        return await self._manager.__aenter__()
+
+    async def __aexit__(self, *exc_info: Any) -> bool | None:
+        return await self._manager.__aexit__(*exc_info)
+
+    def __await__(self) -> Generator[Any, None, Cache]:
+        return self._rt.enter_async_context(self._manager).__await__()
+
+
+@contextlib.asynccontextmanager
+async def _opened_cache(rt: Runtime, alias: str, driver: CacheDriver) -> AsyncIterator[Cache]:
     cache = Cache(driver, namespace=rt.name, alias=alias)
     # Registered before the start (a checkpoint), so that a concurrent open of the same alias
     # fails instead of starting a second child of the same name.
