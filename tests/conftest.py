@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import trio.testing
 
-from .servers import RedisServer
+from .servers import NatsServer, RedisServer
 
 
 @pytest.fixture
@@ -40,6 +41,15 @@ def redis(redis_server: RedisServer) -> RedisServer:
         redis_server.start()
     redis_server.flush()
     return redis_server
+
+
+@pytest.fixture
+def nats(tmp_path: Path) -> Iterator[NatsServer]:
+    """A private nats-server with JetStream for one test (its own store in a temp dir)."""
+    server = NatsServer(tmp_path / "nats")
+    server.start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture
