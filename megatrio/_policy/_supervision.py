@@ -976,13 +976,15 @@ class SupervisionCore(Generic[E]):
     def _serve_starts(self, now: float) -> None:
         """Launch the next start, lowest child order among those due, unless a start is in
         flight, an operation is under way, or the run is stopping."""
-        if self._ops or self._starting is not None or not self.accepting:
-            return
         timers, ready = self._timers, self._ready
+        # Due restarts leave the timer heap even when none may launch now: a due entry left
+        # there would make next_deadline() a past time, and the driver's timer fire forever.
         while timers and timers[0][0] <= now:
             _, order, token, child = heapq.heappop(timers)
             if child.restart_token == token:
                 heapq.heappush(ready, (order, token, child))
+        if self._ops or self._starting is not None or not self.accepting:
+            return
         while ready:
             _, token, child = heapq.heappop(ready)
             if child.restart_token == token:
