@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 from ._config import Config as Config
 from ._config import load_config as load_config
 from ._exceptions import AppNotFound as AppNotFound
+from ._exceptions import BackendUnavailable as BackendUnavailable
 from ._exceptions import ConfigError as ConfigError
 from ._exceptions import ListenError as ListenError
 from ._exceptions import MegatrioError as MegatrioError
@@ -59,7 +60,6 @@ if _TYPE_CHECKING:
     from .services.alerts._handler import AlertHandler as AlertHandler
     from .services.alerts._senders import TelegramSender as TelegramSender
     from .services.alerts._senders import WebhookSender as WebhookSender
-    from .services.stores._redis import BackendUnavailable as BackendUnavailable
     from .services.stores._redis import CacheUnavailable as CacheUnavailable
     from .services.stores._redis import NonceStoreUnavailable as NonceStoreUnavailable
     from .services.stores._redis import open_redis as open_redis
@@ -74,7 +74,6 @@ _LAZY = {
     "TelegramSender": ".services.alerts._senders",
     "WebhookSender": ".services.alerts._senders",
     "serve_alerts": ".services.alerts._dispatcher",
-    "BackendUnavailable": ".services.stores._redis",
     "CacheUnavailable": ".services.stores._redis",
     "NonceStoreUnavailable": ".services.stores._redis",
     "RedisCache": ".services.stores._redis_cache",
