@@ -100,8 +100,8 @@ class NatsConnection(metaclass=NoPublicConstructor):
         self._status = NatsStatus(state="connecting")
         self._changed = anyio.Event()
         self._closing = False
-        # Subscription id -> what counts a message nats-py dropped for it (its pending queue
-        # was full). Touched only on the bridge's loop.
+        # id() of a nats-py subscription -> what counts a message nats-py dropped for it (its
+        # pending queue was full). Touched only on the bridge's loop.
         self._slow_consumers: dict[int, Callable[[], None]] = {}
 
     @property
@@ -171,7 +171,7 @@ class NatsConnection(metaclass=NoPublicConstructor):
     async def _on_error(self, error: Exception) -> None:
         if isinstance(error, nats.errors.SlowConsumerError):
             # One per dropped message: counted by its subscription, never one log line each.
-            count = self._slow_consumers.get(error.sid)
+            count = self._slow_consumers.get(id(error.sub))
             if count is not None:
                 count()
             return
