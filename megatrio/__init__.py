@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING as _TYPE_CHECKING
 from ._config import Config as Config
 from ._config import load_config as load_config
 from ._exceptions import AppNotFound as AppNotFound
+from ._exceptions import BackendUnavailable as BackendUnavailable
 from ._exceptions import ConfigError as ConfigError
 from ._exceptions import ListenError as ListenError
 from ._exceptions import MegatrioError as MegatrioError
@@ -59,22 +60,26 @@ if _TYPE_CHECKING:
     from .services.alerts._handler import AlertHandler as AlertHandler
     from .services.alerts._senders import TelegramSender as TelegramSender
     from .services.alerts._senders import WebhookSender as WebhookSender
-    from .services.stores._redis import BackendUnavailable as BackendUnavailable
+    from .services.nats._bus import Bus as Bus
+    from .services.nats._connection import NatsConnection as NatsConnection
+    from .services.nats._connection import open_nats as open_nats
     from .services.stores._redis import CacheUnavailable as CacheUnavailable
     from .services.stores._redis import NonceStoreUnavailable as NonceStoreUnavailable
     from .services.stores._redis import open_redis as open_redis
     from .services.stores._redis_cache import RedisCache as RedisCache
     from .services.stores._redis_nonce import RedisNonceStore as RedisNonceStore
 
-# Names whose modules pull in heavy clients (coredis, httpx), with the rest of the alert path:
-# imported on first use, so a process that uses neither Redis nor alerts does not carry them
-# (memory, GC work). The alert path's Protocol and result type are light and eager.
+# Names whose modules pull in heavy clients (coredis, httpx, nats-py), with the rest of the
+# alert path: imported on first use, so a process that uses neither Redis, NATS nor alerts does
+# not carry them (memory, GC work). The alert path's Protocol and result type are light and eager.
 _LAZY = {
     "AlertHandler": ".services.alerts._handler",
     "TelegramSender": ".services.alerts._senders",
     "WebhookSender": ".services.alerts._senders",
     "serve_alerts": ".services.alerts._dispatcher",
-    "BackendUnavailable": ".services.stores._redis",
+    "Bus": ".services.nats._bus",
+    "NatsConnection": ".services.nats._connection",
+    "open_nats": ".services.nats._connection",
     "CacheUnavailable": ".services.stores._redis",
     "NonceStoreUnavailable": ".services.stores._redis",
     "RedisCache": ".services.stores._redis_cache",
@@ -103,6 +108,7 @@ __all__ = (
     "AppNotFound",
     "BackendUnavailable",
     "Backoff",
+    "Bus",
     "Cache",
     "CacheDriver",
     "CacheUnavailable",
@@ -118,6 +124,7 @@ __all__ = (
     "MegatrioError",
     "MemoryCache",
     "MemoryNonceStore",
+    "NatsConnection",
     "NonceStore",
     "NonceStoreUnavailable",
     "NonceVerdict",
@@ -146,6 +153,7 @@ __all__ = (
     "load_config",
     "mega_runtime",
     "open_cache",
+    "open_nats",
     "open_nonces",
     "open_redis",
     "ready_immediately",

@@ -42,6 +42,16 @@ class SupervisorNotRunning(MegatrioError):
     """An operation that needs a running supervisor was called on one that is not running."""
 
 
+class BackendUnavailable(MegatrioError):
+    """A backing service (Redis, NATS) could not be reached, or did not answer in time.
+
+    Raised by :func:`megatrio.open_redis` when the first PING fails and by
+    :func:`megatrio.open_nats` when the first connection attempt fails; the stores built on
+    Redis raise its subclasses. The backend's own error is the ``__cause__``. Messages name
+    the backend's URL with its credentials redacted.
+    """
+
+
 class ConfigError(MegatrioError, ValueError):
     """Configuration is invalid: the message names the file or variable, the key and the value.
 

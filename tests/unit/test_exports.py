@@ -29,10 +29,18 @@ def test_megatrio_all_lists_exactly_the_public_names() -> None:
         _ = megatrio.nope  # type: ignore[attr-defined]
 
 
-def test_importing_megatrio_does_not_load_redis_or_http_clients() -> None:
-    code = "import sys, megatrio; print(sorted({'coredis', 'httpx'} & set(sys.modules)))"
+def test_importing_megatrio_does_not_load_redis_nats_or_http_clients() -> None:
+    code = "import sys, megatrio; print(sorted({'coredis', 'httpx', 'nats'} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_the_nats_names_are_lazy_and_claim_the_face() -> None:
+    # Reached through the face, they load nats-py; the connection is a handle users never build.
+    assert {"Bus", "NatsConnection", "open_nats"} <= set(megatrio._LAZY)
+    assert repr(megatrio.Bus) == "<class 'megatrio.Bus'>"
+    with pytest.raises(TypeError, match="no public constructor"):
+        megatrio.NatsConnection()
 
 
 def _megatrio_classes(annotation: Any) -> set[type]:

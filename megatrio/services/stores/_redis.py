@@ -33,7 +33,7 @@ import coredis
 import coredis.exceptions
 from coredis.retry import ConstantRetryPolicy
 
-from ..._exceptions import MegatrioError
+from ..._exceptions import BackendUnavailable as BackendUnavailable
 from ..._policy._checks import check_seconds
 from ...nursery._errors import describe, unwrapped_groups
 from ._coredis import ConnectionPool, check_internals
@@ -44,14 +44,6 @@ RedisClient = coredis.Redis[bytes]
 """The client type :func:`open_redis` yields: replies are bytes, never decoded."""
 
 # -- errors ---------------------------------------------------------------------------------
-
-
-class BackendUnavailable(MegatrioError):
-    """A backing service (Redis) could not be reached, or did not answer in time.
-
-    Raised by :func:`open_redis` when the first PING fails; its subclasses are raised by the
-    stores built on the client. The backend's own error is the ``__cause__``.
-    """
 
 
 class CacheUnavailable(BackendUnavailable):

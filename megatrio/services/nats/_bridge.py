@@ -1,0 +1,241 @@
+"""An asyncio event loop in a thread of its own, for asyncio-only clients (nats-py) under trio.
+
+:func:`open_asyncio_bridge` starts one loop in a dedicated thread for exactly the ``async
+with`` block; :meth:`AsyncioBridge.run` runs a coroutine function there as an asyncio task and
+hands its result or exception back to the trio caller. Each call crosses the thread boundary
+twice (there and back), so callers batch: one call per batch of work, never one per byte.
+
+Cancellation is structured in both directions. A trio caller that is cancelled cancels its
+asyncio task and waits until that task has really finished — its ``finally`` blocks and
+``except CancelledError`` handlers included — before it re-raises ``Cancelled``: nothing the
+call started is left running behind the trio side's back, exactly as
+``trio.to_thread.run_sync`` never abandons its thread. Closing the bridge cancels whatever still
+runs on the loop, waits for all of it, stops the loop and joins the thread; the trio side waits
+without blocking the trio scheduler.
+
+Under asyncio (anyio on its asyncio backend) there is nothing to bridge: the bridge wraps the
+running loop and :meth:`~AsyncioBridge.run` simply awaits the call, with asyncio's own
+cancellation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, Generic, TypeVar, TypeVarTuple, final
+
+import anyio
+import outcome
+import sniffio
+import trio
+
+from ..._util import NoPublicConstructor
+
+T = TypeVar("T")
+Ts = TypeVarTuple("Ts")
+
+
+@final
+class AsyncioBridge(metaclass=NoPublicConstructor):
+    """The asyncio loop that :func:`open_asyncio_bridge` runs, and calls into it.
+
+    Threaded under trio; inline under asyncio (:attr:`threaded` is False: the host's own loop).
+    """
+
+    __slots__ = ("_closing", "_loop", "_stop", "_stopped", "_thread", "_token")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, token: trio.lowlevel.TrioToken | None):
+        self._loop = loop
+        # None when the host itself is asyncio: then everything runs inline on its loop.
+        self._token = token
+        self._closing = False
+        self._stop = asyncio.Event()
+        self._stopped = trio.Event() if token is not None else None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The asyncio loop calls run on (the host's own loop under asyncio)."""
+        return self._loop
+
+    @property
+    def threaded(self) -> bool:
+        """True when the loop runs in a thread of its own (the host is trio)."""
+        return self._token is not None
+
+    async def run(self, async_fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T:
+        """Run ``async_fn(*args)`` as an asyncio task on the bridge's loop; return its result.
+
+        Its exception, if any, is raised here unchanged. Always a checkpoint. If the caller is
+        cancelled, the asyncio task is cancelled and this waits until it has finished (however
+        long its own cleanup takes), then raises ``Cancelled``; a result that arrived anyway is
+        discarded.
+
+        Raises:
+            anyio.ClosedResourceError: the bridge is closed, or closed while the call ran (the
+                call was cancelled on the asyncio side by the close).
+        """
+        if self._token is None:
+            return await async_fn(*args)
+        if self._closing:
+            raise anyio.ClosedResourceError("the asyncio bridge is closed")
+        call: _Call[T] = _Call(self, self._token)
+        try:
+            self.call_soon_in_loop(call.start, async_fn, args)
+        except RuntimeError as exc:  # the loop is closed: its thread is gone
+            raise anyio.ClosedResourceError("the asyncio bridge is closed") from exc
+        try:
+            await call.done.wait()
+        except trio.Cancelled:
+            self.call_soon_in_loop(call.cancel)
+            # Unbounded on purpose, like to_thread.run_sync: walking away would leave the task
+            # running unsupervised. Its wait is bounded by the task's own cancellation handling,
+            # and the task is on a loop that the bridge's close stops.
+            with trio.CancelScope(shield=True):
+                await call.done.wait()
+            raise
+        assert call.result is not None
+        return call.result.unwrap()
+
+    def call_soon_in_loop(self, fn: Callable[[*Ts], object], *args: *Ts) -> None:
+        """Schedule ``fn(*args)`` on the bridge's loop; callable from the host's thread.
+
+        Not a checkpoint. *fn* runs in an empty context: the host's context variables (trio's
+        and sniffio's among them) never leak into asyncio tasks.
+
+        Raises:
+            RuntimeError: the loop is closed.
+        """
+        self._loop.call_soon_threadsafe(fn, *args, context=contextvars.Context())
+
+    def call_soon_in_host(self, fn: Callable[[*Ts], object], *args: *Ts) -> None:
+        """Schedule ``fn(*args)`` in the host (the trio run, or the asyncio host's loop);
+        callable from the bridge's loop. Dropped silently once the host has finished.
+
+        *fn* must not raise: under trio an exception there is an internal error of the run.
+        """
+        if self._token is None:
+            self._loop.call_soon(fn, *args)
+            return
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(fn, *args)
+
+    # -- the loop's life (trio host only) -------------------------------------------------
+
+    def _start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._thread_main, name="megatrio-asyncio-bridge", daemon=True
+        )
+        self._thread.start()
+
+    def _thread_main(self) -> None:
+        try:
+            # Runner.close (on leaving the with) cancels every task still on the loop and runs
+            # the loop until they have finished, then shuts down async generators and the
+            # default executor, and closes the loop.
+            with asyncio.Runner(loop_factory=lambda: self._loop) as runner:
+                runner.run(self._stop.wait(), context=contextvars.Context())
+        finally:
+            assert self._token is not None
+            assert self._stopped is not None
+            with contextlib.suppress(trio.RunFinishedError):
+                self._token.run_sync_soon(self._stopped.set)
+
+    async def _aclose(self) -> None:
+        if self._token is None:
+            self._closing = True
+            return
+        assert self._stopped is not None
+        if not self._closing:
+            self._closing = True
+            with contextlib.suppress(RuntimeError):  # already closed: its thread has ended
+                self.call_soon_in_loop(self._stop.set)
+        # Shielded without a bound for the same reason as a cancelled run: the loop's tasks
+        # are cancelled by now, and returning before they finished would leak them.
+        with trio.CancelScope(shield=True):
+            await self._stopped.wait()
+        assert self._thread is not None
+        self._thread.join()  # returns at once: the thread's last act was to set _stopped
+
+
+@final
+class _Call(Generic[T]):
+    """One run: its asyncio task, and its outcome handed to the trio side."""
+
+    __slots__ = ("_bridge", "_token", "cancel_requested", "done", "result", "task")
+
+    def __init__(self, bridge: AsyncioBridge, token: trio.lowlevel.TrioToken) -> None:
+        self._bridge = bridge
+        self._token = token
+        self.done = trio.Event()
+        # Written on the loop's thread before done is set through the trio token, read by the
+        # trio side only after done: the token's queue orders the two.
+        self.result: outcome.Outcome[T] | None = None
+        self.task: asyncio.Future[T] | None = None
+        self.cancel_requested = False
+
+    # The methods below run on the loop's thread.
+
+    def start(self, async_fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> None:
+        if self._bridge._closing:
+            self._finish(outcome.Error(anyio.ClosedResourceError("the asyncio bridge is closed")))
+            return
+        try:
+            self.task = asyncio.ensure_future(async_fn(*args))
+        except BaseException as exc:
+            self._finish(outcome.Error(exc))
+            return
+        self.task.add_done_callback(self._task_done)
+
+    def cancel(self) -> None:
+        self.cancel_requested = True
+        if self.task is not None:
+            self.task.cancel()
+
+    def _task_done(self, task: asyncio.Future[T]) -> None:
+        if task.cancelled():
+            if self.cancel_requested:
+                # The trio side raises its own Cancelled; this outcome is never unwrapped.
+                error: BaseException = anyio.ClosedResourceError("cancelled")
+            elif self._bridge._closing:
+                error = anyio.ClosedResourceError("the asyncio bridge closed while the call ran")
+            else:
+                error = RuntimeError("the call was cancelled on the asyncio side")
+            self._finish(outcome.Error(error))
+            return
+        exc = task.exception()
+        self._finish(outcome.Error(exc) if exc is not None else outcome.Value(task.result()))
+
+    def _finish(self, result: outcome.Outcome[T]) -> None:
+        self.result = result
+        with contextlib.suppress(trio.RunFinishedError):
+            self._token.run_sync_soon(self.done.set)
+
+
+@contextlib.asynccontextmanager
+async def open_asyncio_bridge() -> AsyncIterator[AsyncioBridge]:
+    """An :class:`AsyncioBridge` for the block: under trio a new loop in a new thread, both
+    gone when the block is left; under asyncio the running loop itself.
+
+    Leaving the block (normally, by an error or by cancellation) closes the bridge: every
+    task still on the loop is cancelled and waited for, then the loop is closed and its thread
+    joined. Calls still waiting in other trio tasks raise ``anyio.ClosedResourceError``.
+
+    Raises:
+        RuntimeError: the running async library is neither trio nor asyncio.
+    """
+    library = sniffio.current_async_library()
+    if library == "asyncio":
+        bridge = AsyncioBridge._create(asyncio.get_running_loop(), None)
+    elif library == "trio":
+        bridge = AsyncioBridge._create(asyncio.new_event_loop(), trio.lowlevel.current_trio_token())
+        bridge._start()
+    else:
+        raise RuntimeError(f"the asyncio bridge runs under trio or asyncio, not {library}")
+    try:
+        yield bridge
+    finally:
+        await bridge._aclose()

@@ -1,0 +1,219 @@
+"""The asyncio bridge: results, errors, and structured cancellation across the thread boundary.
+
+A real thread and a real loop, so the real clock; every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import threading
+import time
+
+import anyio
+import pytest
+import sniffio
+import trio
+
+from megatrio.services.nats._bridge import AsyncioBridge, open_asyncio_bridge
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "trio"  # a real thread needs the real clock
+
+
+class Boom(Exception):
+    pass
+
+
+async def loop_tasks(bridge: AsyncioBridge) -> set[asyncio.Task[object]]:
+    """Every task on the bridge's loop, read on the loop's own thread (not from a task)."""
+    found: concurrent.futures.Future[set[asyncio.Task[object]]] = concurrent.futures.Future()
+    bridge.call_soon_in_loop(lambda: found.set_result(set(asyncio.all_tasks(bridge.loop))))
+    return await trio.to_thread.run_sync(found.result, 5)
+
+
+def bridge_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "megatrio-asyncio-bridge"]
+
+
+async def test_result_and_exception_cross_unchanged() -> None:
+    async def add(a: int, b: int) -> tuple[int, str]:
+        await asyncio.sleep(0)
+        return a + b, sniffio.current_async_library()
+
+    async def fail() -> None:
+        await asyncio.sleep(0)
+        raise Boom("from asyncio")
+
+    with trio.fail_after(10):
+        async with open_asyncio_bridge() as bridge:
+            assert bridge.threaded
+            # The trio side's context does not leak into the task: sniffio sees asyncio.
+            assert await bridge.run(add, 2, 3) == (5, "asyncio")
+            with pytest.raises(Boom, match="from asyncio"):
+                await bridge.run(fail)
+            # A callable that fails before it returns an awaitable fails the call the same way.
+            with pytest.raises(TypeError):
+                await bridge.run(len, 3)  # type: ignore[arg-type]
+
+
+async def test_a_cancelled_run_finishes_its_task_before_raising_cancelled() -> None:
+    events: list[str] = []
+
+    async def sleeper() -> None:
+        events.append("started")
+        try:
+            await asyncio.sleep(60)
+        finally:
+            events.append("finally")
+
+    with trio.fail_after(10):
+        async with open_asyncio_bridge() as bridge:
+            before = await loop_tasks(bridge)
+            with trio.move_on_after(0.2) as scope:
+                try:
+                    await bridge.run(sleeper)
+                except trio.Cancelled:
+                    events.append("trio saw Cancelled")
+                    raise
+            assert scope.cancelled_caught
+            assert events == ["started", "finally", "trio saw Cancelled"]
+            assert await loop_tasks(bridge) == before
+
+
+async def test_a_task_slow_to_cancel_holds_the_trio_side_that_long() -> None:
+    finished_at: list[float] = []
+
+    async def stubborn() -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.5)  # cleanup that takes a while
+            finished_at.append(time.monotonic())
+            raise
+
+    with trio.fail_after(10):
+        async with open_asyncio_bridge() as bridge:
+            started = time.monotonic()
+            with trio.move_on_after(0.1):
+                await bridge.run(stubborn)
+            returned = time.monotonic()
+            assert finished_at, "the trio side returned before the asyncio task finished"
+            assert finished_at[0] <= returned
+            assert returned - started >= 0.5
+
+
+async def test_a_task_that_swallows_the_cancel_still_ends_in_cancelled() -> None:
+    async def swallow() -> str:
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.sleep(60)
+        return "ignored"
+
+    with trio.fail_after(10):
+        async with open_asyncio_bridge() as bridge:
+            with trio.move_on_after(0.1) as scope:
+                await bridge.run(swallow)
+                pytest.fail("a cancelled run returned")  # pragma: no cover
+            assert scope.cancelled_caught
+
+
+async def test_closing_cancels_and_waits_for_everything_on_the_loop() -> None:
+    events: list[str] = []
+    waiter_error: list[BaseException] = []
+    kept: list[asyncio.Task[None]] = []
+    running = trio.Event()
+
+    async def background() -> None:
+        try:
+            await asyncio.sleep(60)
+        finally:
+            await asyncio.sleep(0.1)  # cleanup awaits; close waits for it
+            events.append("background finally")
+
+    async def spawn() -> None:
+        # Nobody awaits it: closing the bridge is what must end it.
+        kept.append(asyncio.get_running_loop().create_task(background()))
+
+    async def in_flight_call(bridge: AsyncioBridge) -> None:
+        async def forever() -> None:
+            try:
+                bridge.call_soon_in_host(running.set)
+                await asyncio.sleep(60)
+            finally:
+                events.append("in-flight finally")
+
+        try:
+            await bridge.run(forever)
+        except anyio.ClosedResourceError as exc:
+            waiter_error.append(exc)
+
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery:
+            async with open_asyncio_bridge() as bridge:
+                await bridge.run(spawn)
+                nursery.start_soon(in_flight_call, bridge)
+                await running.wait()
+                assert len(await loop_tasks(bridge)) == 3  # main, background, in-flight call
+            assert sorted(events) == ["background finally", "in-flight finally"]
+            assert bridge.loop.is_closed()
+            assert bridge_threads() == []
+        assert len(waiter_error) == 1
+        with pytest.raises(anyio.ClosedResourceError):
+            await bridge.run(asyncio.sleep, 0)
+
+
+async def test_closing_when_cancelled_still_waits_for_the_loop() -> None:
+    events: list[str] = []
+    kept: list[asyncio.Task[None]] = []
+
+    async def background() -> None:
+        try:
+            await asyncio.sleep(60)
+        finally:
+            await asyncio.sleep(0.2)
+            events.append("finally")
+
+    async def spawn() -> None:
+        kept.append(asyncio.get_running_loop().create_task(background()))
+        await asyncio.sleep(0)
+
+    with trio.fail_after(10):
+        with trio.CancelScope() as scope:
+            async with open_asyncio_bridge() as bridge:
+                await bridge.run(spawn)
+                scope.cancel()
+        assert events == ["finally"]
+        assert bridge.loop.is_closed()
+        assert bridge_threads() == []
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_under_asyncio_run_is_a_plain_await_on_the_running_loop() -> None:
+    events: list[str] = []
+
+    async def sleeper() -> None:
+        try:
+            await asyncio.sleep(60)
+        finally:
+            events.append("finally")
+
+    async def fail() -> None:
+        raise Boom("inline")
+
+    with anyio.fail_after(10):
+        async with open_asyncio_bridge() as bridge:
+            assert not bridge.threaded
+            assert bridge.loop is asyncio.get_running_loop()
+            assert await bridge.run(asyncio.sleep, 0, "x") == "x"
+            with pytest.raises(Boom):
+                await bridge.run(fail)
+            with anyio.move_on_after(0.05) as scope:
+                await bridge.run(sleeper)
+            assert scope.cancelled_caught
+            assert events == ["finally"]
+        assert bridge_threads() == []
