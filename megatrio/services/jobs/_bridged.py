@@ -1,0 +1,69 @@
+"""A :class:`~._driver.JobDriver` whose engine lives on the NATS connection's asyncio loop.
+
+The JetStream engine is asyncio-native (nats-py); under trio every call crosses to the bridge's
+loop through :meth:`NatsConnection.run`, whose cancellation is structured (a cancelled call is
+cancelled on the loop and waited for). The driver contract is per batch — one ``fetch`` for the
+free slots, one ``settle`` for the acknowledgements due — so the boundary is crossed once per
+batch, not once per message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import final
+
+from ..nats._connection import NatsConnection
+from ._driver import DeadLetter, Delivery, JobDriver, JobSettings, Settle
+
+
+@final
+class BridgedDriver:
+    """*engine*'s coroutines run on *conn*'s loop; the caller may be trio or asyncio."""
+
+    def __init__(self, conn: NatsConnection, engine: JobDriver) -> None:
+        self._conn = conn
+        self._engine = engine
+
+    @property
+    def engine(self) -> JobDriver:
+        return self._engine
+
+    async def declare(self, jobs: Sequence[JobSettings]) -> None:
+        await self._conn.run(self._engine.declare, jobs)
+
+    async def enqueue(self, job: str, payload: bytes, *, msg_id: str | None = None) -> int:
+        return await self._conn.run(_enqueue, self._engine, job, payload, msg_id)
+
+    async def fetch(self, job: str, batch: int, *, timeout_seconds: float) -> list[Delivery]:
+        return await self._conn.run(_fetch, self._engine, job, batch, timeout_seconds)
+
+    async def settle(self, actions: Sequence[Settle]) -> None:
+        if actions:
+            await self._conn.run(self._engine.settle, actions)
+
+    async def dead_letter(self, letter: DeadLetter) -> None:
+        await self._conn.run(self._engine.dead_letter, letter)
+
+    async def dead_letters(self, *, limit: int = 100) -> list[tuple[int, DeadLetter]]:
+        return await self._conn.run(_dead_letters, self._engine, limit)
+
+    async def purge_dead_letters(self, ids: Sequence[int] | None = None) -> int:
+        return await self._conn.run(self._engine.purge_dead_letters, ids)
+
+    async def aclose(self) -> None:
+        await self._conn.run(self._engine.aclose)
+
+
+# Keyword arguments do not cross NatsConnection.run (it takes positional ones only).
+
+
+async def _enqueue(engine: JobDriver, job: str, payload: bytes, msg_id: str | None) -> int:
+    return await engine.enqueue(job, payload, msg_id=msg_id)
+
+
+async def _fetch(engine: JobDriver, job: str, batch: int, timeout_seconds: float) -> list[Delivery]:
+    return await engine.fetch(job, batch, timeout_seconds=timeout_seconds)
+
+
+async def _dead_letters(engine: JobDriver, limit: int) -> list[tuple[int, DeadLetter]]:
+    return await engine.dead_letters(limit=limit)
