@@ -61,8 +61,8 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import api
 
+from ..._exceptions import BackendUnavailable
 from ...nursery._errors import describe
-from ..stores._redis import BackendUnavailable
 from ._advisories import AdvisoryListener, is_unavailable, publish_dead_letter
 from ._driver import DeadLetter, Delivery, JobSettings, Settle
 
