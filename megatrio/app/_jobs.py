@@ -26,9 +26,10 @@ def jetstream_driver(config: Config) -> JobDriver:
         JetStreamUnavailable: always, for now: the JetStream engine is not available in
             this build (unset ``nats_url`` to use the embedded, non-durable engine).
     """
+    # The URL itself is not repeated: it may carry credentials (nats://user:pass@host).
     raise JetStreamUnavailable(
-        f"nats_url is set ({config.nats_url}) but the JetStream engine not available in this "
-        "build: unset nats_url to run jobs on the embedded engine (in memory, not durable)"
+        "nats_url is set, but the JetStream engine not available in this build: unset "
+        "nats_url to run jobs on the embedded engine (in memory, not durable)"
     )
 
 
