@@ -1,12 +1,14 @@
-"""A small megatrio application: a few routes, a heartbeat timer and a background child.
+"""A small megatrio application: a few routes, a heartbeat timer, a background child and a job.
 
 Serve it from the repository root with ``megatrio run examples.hello:app`` (no Redis or NATS
-needed), then try ``curl localhost:8000/``, ``/readyz`` and ``megatrio tree``.
+needed: the job runs on the embedded engine), then try ``curl localhost:8000/``, ``/readyz``,
+``curl -X POST localhost:8000/greet/ada`` and ``megatrio tree``.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import trio
 from quart import request
@@ -41,6 +43,18 @@ async def slow() -> str:
 @app.get("/fail")
 async def fail() -> str:
     raise RuntimeError("this route always fails (Authorization: Bearer s3cr3t is redacted)")
+
+
+@app.job("hello.greet", max_deliver=3, retry_delays=(1, 5))
+async def greet(payload: dict[str, Any]) -> None:
+    # At least once: a crash or a stop before this returns means it runs again.
+    log.info("hello, %s", payload["name"])
+
+
+@app.post("/greet/<name>")
+async def enqueue_greeting(name: str) -> dict[str, object]:
+    sequence = await app.jobs.enqueue("hello.greet", {"name": name})
+    return {"queued": sequence}
 
 
 @app.every(10.0)

@@ -30,6 +30,16 @@ from .nursery._child import current_child as current_child
 from .nursery._timer import every as every
 from .services.alerts._alert import AlertSender as AlertSender
 from .services.alerts._alert import SendResult as SendResult
+from .services.jobs._codec import Codec as Codec
+from .services.jobs._codec import JsonCodec as JsonCodec
+from .services.jobs._driver import DeadLetter as DeadLetter
+from .services.jobs._driver import Delivery as Delivery
+from .services.jobs._driver import JobDriver as JobDriver
+from .services.jobs._driver import JobSettings as JobSettings
+from .services.jobs._driver import Settle as Settle
+from .services.jobs._embedded import EmbeddedDriver as EmbeddedDriver
+from .services.jobs._jobs import Jobs as Jobs
+from .services.jobs._jobs import JobSpec as JobSpec
 from .services.logs._levels import LogFormat as LogFormat
 from .services.logs._levels import LogLevel as LogLevel
 from .services.logs._logging import configure_logging as configure_logging
@@ -115,9 +125,18 @@ __all__ = (
     "ChildContext",
     "ChildSpec",
     "Config",
+    "Codec",
     "ConfigError",
+    "DeadLetter",
+    "Delivery",
     "DrainSummary",
+    "EmbeddedDriver",
     "FileCache",
+    "JobDriver",
+    "JobSettings",
+    "JobSpec",
+    "Jobs",
+    "JsonCodec",
     "ListenError",
     "LogFormat",
     "LogLevel",
@@ -137,6 +156,7 @@ __all__ = (
     "RestartWindow",
     "RetryQueue",
     "SendResult",
+    "Settle",
     "Runtime",
     "Serving",
     "StartupFailed",

@@ -24,6 +24,7 @@ from .supervisor import ChildSpec, Supervisor
 
 if TYPE_CHECKING:
     # For annotations only: the stores are a layer above and are never imported at run time.
+    from .services.jobs._jobs import Jobs
     from .services.stores._cache import Cache
 
 log = logging.getLogger("megatrio.runtime")
@@ -67,6 +68,7 @@ class Runtime(metaclass=NoPublicConstructor):
         """The caches by alias, registered by :func:`megatrio.open_cache` for as long as it is
         open. The registry is generic: the runtime keeps the map and knows nothing of caches."""
         self._nonces: NonceStore | None = None
+        self._jobs: Jobs | None = None
 
     @property
     def stopping(self) -> bool:
@@ -118,6 +120,38 @@ class Runtime(metaclass=NoPublicConstructor):
         """Remove *store* if it is :attr:`nonces`. Idempotent; not a checkpoint."""
         if self._nonces is store:
             self._nonces = None
+
+    @property
+    def jobs(self) -> Jobs:
+        """The declared jobs (``megatrio.Jobs``): ``await rt.jobs.enqueue(name, payload)``.
+        Installed by ``megatrio run`` for an App that declares jobs, or by
+        :meth:`install_jobs` when embedding.
+
+        Raises:
+            LookupError: no jobs are installed.
+        """
+        if self._jobs is None:
+            raise LookupError(
+                f"runtime {self.name!r} has no jobs: declare them with @app.job(...), or "
+                "install a megatrio.Jobs with rt.install_jobs(jobs)"
+            )
+        return self._jobs
+
+    def install_jobs(self, jobs: Jobs) -> None:
+        """Make *jobs* :attr:`jobs`. Not a checkpoint. The runtime only keeps it: it never
+        looks inside (the jobs service is a layer above).
+
+        Raises:
+            ValueError: jobs are installed already.
+        """
+        if self._jobs is not None:
+            raise ValueError(f"runtime {self.name!r} already has jobs")
+        self._jobs = jobs
+
+    def uninstall_jobs(self, jobs: Jobs) -> None:
+        """Remove *jobs* if it is :attr:`jobs`. Idempotent; not a checkpoint."""
+        if self._jobs is jobs:
+            self._jobs = None
 
     def snapshot(self) -> dict[str, Any]:
         """The whole supervision tree as plain data. Not a checkpoint."""

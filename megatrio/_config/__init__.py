@@ -14,5 +14,6 @@ from ._loading import unknown_environment_variables as unknown_environment_varia
 from ._schema import CacheConfig as CacheConfig
 from ._schema import CacheDriverKind as CacheDriverKind
 from ._schema import Config as Config
+from ._schema import JobConfig as JobConfig
 from ._schema import NonceDriverKind as NonceDriverKind
 from ._schema import config_keys as config_keys

@@ -150,6 +150,32 @@ def url(value: Any, from_text: bool) -> str:
     return value
 
 
+def nats_url(value: Any, from_text: bool) -> str:
+    """``nats://HOST:PORT`` (or ``tls://``), several comma-separated for a cluster, or empty."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a NATS URL string, got {value!r}")
+    for part in value.split(",") if value else ():
+        if not part.strip().startswith(("nats://", "tls://")):
+            raise ValueError(
+                f"expected nats://HOST:PORT (or tls://), comma-separated, got {value!r}"
+            )
+    return value
+
+
+def delays(value: Any, from_text: bool) -> tuple[float, ...]:
+    """A list of seconds (``[1, 5, 30]``; ``"1,5,30"`` from text)."""
+    if from_text and isinstance(value, str):
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list | tuple):
+        raise ValueError(f"expected a list of numbers of seconds, got {value!r}")
+    try:
+        return tuple(finite_seconds(v, from_text) for v in value)
+    except ValueError:
+        raise ValueError(
+            f"expected a list of finite numbers of seconds >= 0, got {value!r}"
+        ) from None
+
+
 def path(value: Any, from_text: bool) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected a path string, got {value!r}")

@@ -1,4 +1,5 @@
-"""The configuration schema: :class:`Config`, :class:`CacheConfig` and the driver-kind enums.
+"""The configuration schema: :class:`Config`, :class:`CacheConfig`, :class:`JobConfig` and the
+driver-kind enums.
 
 Each field carries its parser and a one-line description in its metadata
 (``{"parse": ..., "doc": ...}``); :func:`parse_setting` applies a field's parser, and
@@ -61,6 +62,81 @@ class CacheConfig:
     sweep_interval_seconds: float = attrs.field(
         default=60.0, metadata=_meta(parse.positive_seconds, "how often expired entries are swept")
     )
+
+
+def _optional(parser: Callable[[Any, bool], Any]) -> Callable[[Any, bool], Any]:
+    # None means "not overridden": what the job declared stays.
+    def parse_optional(value: Any, from_text: bool) -> Any:
+        return None if value is None else parser(value, from_text)
+
+    return parse_optional
+
+
+@attrs.frozen(kw_only=True)
+class JobConfig:
+    """One ``[jobs.<name>]`` table: overrides of what ``@app.job(name, ...)`` declared; a key
+    left out (None) keeps the declared value."""
+
+    max_deliver: int | None = attrs.field(
+        default=None, metadata=_meta(_optional(parse.count(1)), "deliveries at most, then DLQ")
+    )
+    retry_delays: tuple[float, ...] | None = attrs.field(
+        default=None,
+        metadata=_meta(_optional(parse.delays), "seconds before each retry; the last repeats"),
+    )
+    ack_wait_seconds: float | None = attrs.field(
+        default=None,
+        metadata=_meta(_optional(parse.positive_seconds), "unacked this long: redelivered"),
+    )
+    concurrency: int | None = attrs.field(
+        default=None, metadata=_meta(_optional(parse.count(1)), "handlers at once per process")
+    )
+
+    def overrides(self) -> dict[str, Any]:
+        """The keys this table sets, with their values."""
+        return {
+            field.name: getattr(self, field.name)
+            for field in attrs.fields(JobConfig)
+            if getattr(self, field.name) is not None
+        }
+
+
+def _jobs(value: Any, from_text: bool) -> dict[str, JobConfig]:
+    if from_text and isinstance(value, str):
+        raise ValueError("jobs are configured in the config file, as [jobs.NAME] tables")
+    if not isinstance(value, dict):
+        raise ValueError(f"expected tables [jobs.NAME], got {value!r}")
+    fields = attrs.fields_dict(JobConfig)
+    jobs: dict[str, JobConfig] = {}
+    for name, table in value.items():
+        if isinstance(table, JobConfig):
+            jobs[name] = table
+            continue
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"job name must be a non-empty string, got {name!r}")
+        if not isinstance(table, dict):
+            raise ValueError(f"jobs.{name}: expected a table, got {table!r}")
+        values = {}
+        for key, raw in table.items():
+            field = fields.get(key)
+            if field is None:
+                known = ", ".join(fields)
+                raise ValueError(f"jobs.{name}: unknown key {key!r} (known keys: {known})")
+            try:
+                values[key] = field.metadata["parse"](raw, from_text)
+            except ValueError as exc:
+                raise ValueError(f"jobs.{name}.{key}: {exc}") from None
+        jobs[name] = JobConfig(**values)
+    return jobs
+
+
+def _as_job_configs(value: Any) -> Any:
+    """Plain tables built into :class:`JobConfig` (``Config(jobs={"x": {...}})``); a bad value
+    is passed on for validation to reject, with the usual ConfigError."""
+    try:
+        return _jobs(value, False)
+    except ValueError:
+        return value
 
 
 def _caches(value: Any, from_text: bool) -> dict[str, CacheConfig]:
@@ -184,6 +260,17 @@ class Config:
         factory=lambda: {"default": CacheConfig()},
         converter=_with_default_cache,
         metadata=_meta(_caches, "[cache.ALIAS] tables; 'default' (memory) is always there"),
+    )
+    nats_url: str = attrs.field(
+        default="",
+        metadata=_meta(
+            parse.nats_url, "nats://HOST:PORT for JetStream jobs; empty: embedded, not durable"
+        ),
+    )
+    jobs: dict[str, JobConfig] = attrs.field(
+        factory=dict,
+        converter=_as_job_configs,
+        metadata=_meta(_jobs, "[jobs.NAME] tables overriding what @app.job declared"),
     )
     nonce_driver: NonceDriverKind = attrs.field(
         default=NonceDriverKind.MEMORY,

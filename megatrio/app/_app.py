@@ -33,6 +33,9 @@ from quart_trio import QuartTrio
 from .._runtime import Runtime
 from ..nursery._timer import every
 from ..services.http._error_pages import register_error_pages
+from ..services.jobs._codec import JSON, Codec
+from ..services.jobs._driver import JobSettings
+from ..services.jobs._jobs import Jobs, JobSpec
 from ..services.stores._cache import Cache
 from ..supervisor import ChildSpec
 
@@ -69,6 +72,7 @@ class App:
         self.http = QuartTrio(resolved)
         register_error_pages(self.http)
         self._children: list[ChildSpec] = []
+        self._jobs: dict[str, JobSpec] = {}
         self._rt: Runtime | None = None
         self.setup()
 
@@ -130,6 +134,70 @@ class App:
             return fn
 
         return register
+
+    def job(
+        self,
+        name: str,
+        *,
+        max_deliver: int | None = None,
+        retry_delays: Iterable[float] | None = None,
+        ack_wait_seconds: float | None = None,
+        concurrency: int | None = None,
+        max_in_progress_seconds: float | None = None,
+        no_retry: Iterable[type[Exception]] = (),
+        codec: Codec = JSON,
+    ) -> Callable[[F], F]:
+        """Decorator: declare ``async def handler(payload)`` as the handler of job *name*.
+
+        The handler receives the payload as it was given to ``app.jobs.enqueue(name,
+        payload)``, after a round trip through *codec* (JSON by default: dicts, lists,
+        strings, numbers, booleans and None; a tuple comes back as a list). Its return value
+        is ignored. Delivery is at least once: the message is acknowledged only after the
+        handler returned, so a handler must tolerate running twice for one message.
+
+        A handler that raises is retried after ``retry_delays[n - 1]`` (the last delay
+        repeating) until *max_deliver* deliveries; then — or at once for an exception in
+        *no_retry*, or a payload the codec cannot decode — the message goes to the
+        dead-letter queue. At most *concurrency* handlers of this job run at once per
+        process; a handler running longer than *ack_wait_seconds* keeps its delivery with
+        progress signals, for *max_in_progress_seconds* at most. Unset settings take
+        :class:`megatrio.JobSettings`' defaults, and a ``[jobs.NAME]`` config table
+        overrides them.
+
+        Raises:
+            ValueError: a job *name* is declared already, or a setting is invalid.
+        """
+        given: dict[str, Any] = {
+            "max_deliver": max_deliver,
+            "retry_delays": None if retry_delays is None else tuple(retry_delays),
+            "ack_wait_seconds": ack_wait_seconds,
+            "concurrency": concurrency,
+            "max_in_progress_seconds": max_in_progress_seconds,
+        }
+        settings = JobSettings(name, **{k: v for k, v in given.items() if v is not None})
+        if name in self._jobs:
+            raise ValueError(f"app {self.name!r} already has a job named {name!r}")
+
+        def register(handler: F) -> F:
+            if name in self._jobs:
+                raise ValueError(f"app {self.name!r} already has a job named {name!r}")
+            self._jobs[name] = JobSpec(name, handler, settings, no_retry=no_retry, codec=codec)
+            return handler
+
+        return register
+
+    def job_specs(self) -> Iterable[JobSpec]:
+        """The declared jobs, in declaration order. Override to compute them."""
+        return tuple(self._jobs.values())
+
+    @property
+    def jobs(self) -> Jobs:
+        """The app's jobs while it is served: ``await app.jobs.enqueue(name, payload)``.
+
+        Raises:
+            RuntimeError: the app is not being served. LookupError: it declares no jobs.
+        """
+        return self.rt.jobs
 
     def children(self) -> Iterable[ChildSpec]:
         """The children to start after HTTP is ready, in order. Override to compute them."""

@@ -23,6 +23,7 @@ from ..services.http._sockets import bind_listeners, closing_all
 from ..services.logs._redact import Redactor
 from ..supervisor import ChildSpec
 from ._app import App
+from ._jobs import open_jobs
 from ._stores import start_stores
 
 log = logging.getLogger("megatrio.serve")
@@ -83,8 +84,10 @@ async def serve_app(
     opens and before any listener is announced or served. The sockets are closed on every path.
 
     Start order: the configured stores (Redis, caches with their cleaners, the nonce store;
-    see :func:`~megatrio.app._stores.start_stores`), ``app.on_start(rt)``, the public HTTP
-    listener, the admin listener (if ``config.admin_bind``), then ``app.children()`` and
+    see :func:`~megatrio.app._stores.start_stores`), the app's jobs on their engine
+    (``rt.jobs``; see :func:`~megatrio.app._jobs.open_jobs`), ``app.on_start(rt)``, the
+    public HTTP listener, the admin listener (if ``config.admin_bind``), the ``jobs``
+    supervisor (one consumer child per declared job), then ``app.children()`` and
     *extra_children*. Reports started with the bound addresses once all are ready. Stops in
     reverse, then ``app.on_stop(rt)``, then resources.
 
@@ -115,6 +118,7 @@ async def serve_app(
             rt.push_async_callback(_detach, app)
             readiness = _Readiness(rt)
             await start_stores(rt, config)
+            jobs = await open_jobs(rt, app, config)
             await app.on_start(rt)
             rt.push_async_callback(app.on_stop, rt)
             front = health_front(app.asgi(), readiness)
@@ -129,6 +133,10 @@ async def serve_app(
             admin_urls: object = []
             if admin:
                 admin_urls = await rt.start_child(admin_spec(rt, redactor, admin))
+            if jobs is not None:
+                # One consumer per job under a nested supervisor: a consumer's engine
+                # failure restarts that consumer, not the app's other children.
+                await rt.start_child(jobs.child_spec(shutdown_seconds=config.grace_seconds))
             for spec in (*app.children(), *extra_children):
                 await rt.start_child(spec)
             readiness.started = True

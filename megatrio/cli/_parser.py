@@ -39,7 +39,7 @@ _DEFAULT_HOST, _DEFAULT_PORT = parse_address(_DEFAULTS.bind[0])
 
 
 def _environment_help() -> str:
-    names = [f"MEGATRIO_{key.upper()}" for key in config_keys() if key != "cache"]
+    names = [f"MEGATRIO_{key.upper()}" for key in config_keys() if key not in ("cache", "jobs")]
     lines = textwrap.wrap(", ".join(names), width=76)
     listed = "\n".join(f"     {line}" for line in lines)
     return (

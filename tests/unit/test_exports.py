@@ -117,3 +117,26 @@ def test_the_types_in_retry_queue_drain_are_public() -> None:
 def test_handles_have_no_public_constructor() -> None:
     with pytest.raises(TypeError, match="no public constructor"):
         megatrio.ChildContext("x", ("x",))  # type: ignore[call-arg]
+
+
+@pytest.mark.parametrize(
+    "function",
+    [
+        lambda: megatrio.Jobs.__init__,
+        lambda: megatrio.Jobs.enqueue,
+        lambda: megatrio.Jobs.dead_letters,
+        lambda: megatrio.JobDriver.fetch,
+        lambda: megatrio.JobDriver.settle,
+        lambda: megatrio.JobDriver.declare,
+        lambda: megatrio.JobDriver.dead_letter,
+        lambda: megatrio.EmbeddedDriver.fetch,
+        lambda: megatrio.App.job,
+    ],
+)
+def test_job_signatures_use_only_exported_types(function: Callable[[], Any]) -> None:
+    # Writing an engine, a codec or a handler names every type from megatrio.
+    hints = typing.get_type_hints(function())
+    used = set().union(*map(_megatrio_classes, hints.values()))
+    for cls in used:
+        assert getattr(megatrio, cls.__name__, None) is cls, f"{cls.__qualname__} is not exported"
+    assert megatrio.JobSpec.__module__ == "megatrio"

@@ -19,23 +19,71 @@ from typing import Any, Literal, NamedTuple, Protocol
 
 import attrs
 
+from ..._policy._checks import check_count, check_seconds
+
+SUBJECT_PREFIX = "jobs."
+"""Every engine publishes a job's messages on ``jobs.<name>``, so a dead letter built by the
+consumer names the same subject the engine used."""
+
+
+def job_subject(job: str) -> str:
+    """The subject *job*'s messages are published on: ``jobs.<name>``."""
+    return SUBJECT_PREFIX + job
+
+
+def _check_name(instance: object, attribute: object, value: str) -> None:
+    # A job name becomes a NATS subject token sequence: dots separate tokens, and whitespace,
+    # '*' and '>' would change what the subject matches.
+    if (
+        not isinstance(value, str)
+        or not value
+        or any(c.isspace() or c in "*>" for c in value)
+        or "" in value.split(".")
+    ):
+        raise ValueError(
+            f"job name must be dot-separated non-empty tokens without spaces, '*' or '>': {value!r}"
+        )
+
+
+def _check_positive_count(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+    check_count(attribute.name, value, minimum=1)
+
+
+def _check_delays(instance: object, attribute: object, value: tuple[float, ...]) -> None:
+    for delay in value:
+        check_seconds("retry_delays", delay, allow_inf=False)
+
+
+def _check_ack_wait(instance: object, attribute: object, value: float) -> None:
+    check_seconds("ack_wait_seconds", value, allow_zero=False, allow_inf=False)
+
+
+def _check_cap(instance: object, attribute: object, value: float) -> None:
+    check_seconds("max_in_progress_seconds", value)
+
 
 @attrs.frozen
 class JobSettings:
-    """One job's delivery settings, as the engine applies them."""
+    """One job's delivery settings, as the engine applies them.
 
-    name: str
+    Validated on construction (``ValueError``/``TypeError`` naming the field), so an engine
+    and a consumer never see an impossible setting.
+    """
+
+    name: str = attrs.field(validator=_check_name)
     """The job's name (``email.send``); its subject is derived from it by the engine."""
-    max_deliver: int = 5
+    max_deliver: int = attrs.field(default=5, validator=_check_positive_count)
     """Deliveries at most, the first included; then the message goes to the dead-letter queue."""
-    retry_delays: tuple[float, ...] = (1.0, 5.0, 30.0)
+    retry_delays: tuple[float, ...] = attrs.field(
+        default=(1.0, 5.0, 30.0), converter=tuple, validator=_check_delays
+    )
     """Delay before the 2nd, 3rd, ... delivery; the last one repeats."""
-    ack_wait_seconds: float = 30.0
+    ack_wait_seconds: float = attrs.field(default=30.0, validator=_check_ack_wait)
     """How long a delivery may go unacknowledged (without an in-progress heartbeat) before the
     engine delivers it again."""
-    concurrency: int = 8
+    concurrency: int = attrs.field(default=8, validator=_check_positive_count)
     """Handlers of this job running at once in one consumer; never exceeded."""
-    max_in_progress_seconds: float = 600.0
+    max_in_progress_seconds: float = attrs.field(default=600.0, validator=_check_cap)
     """The cap on how long heartbeats may extend one delivery in total."""
 
 

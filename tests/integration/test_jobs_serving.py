@@ -1,0 +1,32 @@
+"""``megatrio run`` of an App with a job: served in a real process, on the embedded engine."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+from .cli_support import Server
+
+
+def test_a_served_app_handles_enqueued_jobs_under_a_jobs_supervisor() -> None:
+    server = Server("jobs_app:app")
+    try:
+        status, body = server.get("/enqueue?name=ada")
+        assert (status, json.loads(body)) == (200, {"sequence": 1})
+        server.wait_line("handled job for ada after 1 attempts")
+        assert json.loads(server.get("/enqueue?name=bob&fail")[1]) == {"sequence": 2}
+        server.wait_line("handled job for bob after 2 attempts")
+        tree = json.loads(server.get("/_megatrio/tree", base=server.admin)[1])
+        [jobs] = [c for c in tree["children"] if c["name"] == "jobs"]
+        [consumer] = jobs["supervisor"]["children"]
+        assert consumer["name"] == "greet"
+        assert consumer["restarts"] == 0
+        info = consumer["info"]
+        assert (info["acked"], info["retried"], info["in_flight"]) == (2, 1, 0)
+        server.signal(signal.SIGTERM)
+        assert server.finish() == 0
+    finally:
+        server.kill()
+    failures = [r for r in server.records() if "delivery 1 failed" in r["event"]]
+    assert len(failures) == 1
+    assert failures[0]["level"] == "warning"
