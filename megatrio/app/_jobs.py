@@ -3,6 +3,12 @@ overrides, ``rt.jobs``, and the ``jobs`` supervisor with one consumer child per 
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.abc
 import attrs
 
 from .._config import Config
@@ -12,33 +18,60 @@ from ..services.jobs._driver import JobDriver
 from ..services.jobs._embedded import EmbeddedDriver
 from ..services.jobs._jobs import Jobs, JobSpec
 from ..services.logs._redact import Redactor
+from ..supervisor import ChildSpec
 from ._app import App
 
+if TYPE_CHECKING:
+    from ..services.jobs._jetstream import JetStreamDriver
+    from ..services.nats._connection import NatsConnection
 
-class JetStreamUnavailable(NotImplementedError):
-    """``nats_url`` is set but this build has no JetStream job engine to connect with."""
 
+@contextlib.asynccontextmanager
+async def open_job_engine(config: Config, namespace: str) -> AsyncIterator[JobEngine]:
+    """The job engine *config* asks for, open for the block.
 
-def jetstream_driver(config: Config) -> JobDriver:
-    """The JetStream engine for ``config.nats_url``: where the engine plugs in.
+    With ``nats_url``: a NATS connection (nats-py on its own asyncio loop in a thread) and the
+    JetStream engine on it, its streams named after *namespace* (the app's name), so two apps
+    on one NATS never share a stream. Without: the embedded engine, in this process's memory
+    (not durable: queued jobs are lost when the process exits).
 
     Raises:
-        JetStreamUnavailable: always, for now: the JetStream engine is not available in
-            this build (unset ``nats_url`` to use the embedded, non-durable engine).
+        megatrio.BackendUnavailable: NATS cannot be reached.
     """
-    # The URL itself is not repeated: it may carry credentials (nats://user:pass@host).
-    raise JetStreamUnavailable(
-        "nats_url is set, but the JetStream engine not available in this build: unset "
-        "nats_url to run jobs on the embedded engine (in memory, not durable)"
-    )
+    if not config.nats_url:
+        embedded = EmbeddedDriver()
+        try:
+            yield JobEngine(embedded, None, None)
+        finally:
+            await embedded.aclose()
+        return
+    # nats-py is imported only by a process that uses NATS.
+    from ..services.jobs._bridged import BridgedDriver
+    from ..services.jobs._jetstream import JetStreamDriver
+    from ..services.nats._connection import open_nats
+
+    async def new_engine(client: Any) -> JetStreamDriver:
+        # Built on the connection's loop: its asyncio objects belong there.
+        return JetStreamDriver(client, namespace=namespace)
+
+    async with open_nats(config.nats_url, name=namespace) as conn:
+        engine = await conn.run(new_engine, conn.client)
+        driver = BridgedDriver(conn, engine)
+        try:
+            yield JobEngine(driver, conn, engine)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await driver.aclose()
 
 
-def job_driver(config: Config) -> JobDriver:
-    """The engine *config* asks for: JetStream with ``nats_url``, else the embedded one
-    (in this process's memory: queued jobs are lost when it exits)."""
-    if config.nats_url:
-        return jetstream_driver(config)
-    return EmbeddedDriver()
+@attrs.frozen
+class JobEngine:
+    """An open job engine: the driver consumers use, and for JetStream its connection and the
+    asyncio-side engine (whose dead-letter advisories need a task of their own)."""
+
+    driver: JobDriver
+    connection: NatsConnection | None
+    jetstream: JetStreamDriver | None
 
 
 def configured_specs(app: App, config: Config, source: str = "configuration") -> list[JobSpec]:
@@ -69,27 +102,56 @@ def configured_specs(app: App, config: Config, source: str = "configuration") ->
 
 
 async def open_jobs(rt: Runtime, app: App, config: Config) -> Jobs | None:
-    """Install *app*'s jobs as ``rt.jobs`` on the engine *config* names, declared and ready
-    for ``enqueue``; None (and nothing installed) when the app declares no jobs.
+    """Install *app*'s jobs as ``rt.jobs`` on the engine *config* names
+    (:func:`open_job_engine`), declared and ready for ``enqueue``; None (and nothing opened)
+    when the app declares no jobs.
 
-    The engine closes and ``rt.jobs`` goes when the runtime stops, after every child. The
-    consumers are started separately (:meth:`Jobs.child_spec`), so ``on_start`` and HTTP
-    handlers may enqueue before they run.
+    With JetStream, the supervised children ``nats`` (the connection's state and reconnects
+    in the tree) and ``jobs-advisories`` (dead-lettering what JetStream gave up on — a job
+    whose worker died on its final delivery) are started too. The engine closes and
+    ``rt.jobs`` goes when the runtime stops, after every child. The consumers are started
+    separately (:meth:`Jobs.child_spec`), so ``on_start`` and HTTP handlers may enqueue
+    before they run.
 
     Raises:
         ConfigError: see :func:`configured_specs`.
-        JetStreamUnavailable: ``nats_url`` is set (see :func:`jetstream_driver`).
+        megatrio.BackendUnavailable: NATS cannot be reached.
     """
     specs = configured_specs(app, config)
     if not specs:
         return None
-    driver = job_driver(config)
-    rt.push_async_callback(driver.aclose)
-    jobs = Jobs(driver, specs, redactor=Redactor(config.redact_keys))
+    engine = await rt.enter_async_context(open_job_engine(config, app.name))
+    jobs = Jobs(engine.driver, specs, redactor=Redactor(config.redact_keys))
     await jobs.declare()
+    if engine.connection is not None and engine.jetstream is not None:
+        from ..services.nats._connection import serve_nats_status
+
+        await rt.start_child(ChildSpec("nats", serve_nats_status, (engine.connection,)))
+        await rt.start_child(
+            ChildSpec("jobs-advisories", _serve_advisories, (engine.connection, engine.jetstream))
+        )
     rt.install_jobs(jobs)
     rt.push_async_callback(_uninstall, rt, jobs)
     return jobs
+
+
+async def _serve_advisories(
+    conn: NatsConnection,
+    engine: JetStreamDriver,
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """JetStream's max-deliveries and terminated advisories turned into dead letters, on the
+    connection's loop; ready once subscribed."""
+    subscribed = anyio.Event()
+
+    def on_ready() -> None:  # on the connection's loop
+        conn.bridge.call_soon_in_host(subscribed.set)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(conn.run, engine.run_advisories, on_ready)
+        await subscribed.wait()
+        task_status.started()
 
 
 async def _uninstall(rt: Runtime, jobs: Jobs) -> None:

@@ -28,6 +28,9 @@ from ._stores import start_stores
 
 log = logging.getLogger("megatrio.serve")
 
+JOBS_GRACE_SHARE = 0.8
+"""The share of ``grace_seconds`` in-flight job handlers get to finish on a graceful stop."""
+
 _NOT_READY_STATES = frozenset({"starting", "stopping", "restarting"})
 
 
@@ -135,8 +138,12 @@ async def serve_app(
                 admin_urls = await rt.start_child(admin_spec(rt, redactor, admin))
             if jobs is not None:
                 # One consumer per job under a nested supervisor: a consumer's engine
-                # failure restarts that consumer, not the app's other children.
-                await rt.start_child(jobs.child_spec(shutdown_seconds=config.grace_seconds))
+                # failure restarts that consumer, not the app's other children. In-flight
+                # handlers get most of the grace; the rest is for handing back (nak) what is
+                # unfinished and for the children stopped after them, within the grace.
+                await rt.start_child(
+                    jobs.child_spec(shutdown_seconds=config.grace_seconds * JOBS_GRACE_SHARE)
+                )
             for spec in (*app.children(), *extra_children):
                 await rt.start_child(spec)
             readiness.started = True

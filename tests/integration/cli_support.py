@@ -120,7 +120,7 @@ class Process:
 class Server(Process):
     """``megatrio run TARGET`` on free loopback ports, ready once both listeners are bound."""
 
-    def __init__(self, target: str, *extra: str) -> None:
+    def __init__(self, target: str, *extra: str, env: Mapping[str, str] | None = None) -> None:
         super().__init__(
             [
                 "run",
@@ -132,7 +132,8 @@ class Server(Process):
                 "--log-format",
                 "json",
                 *extra,
-            ]
+            ],
+            env=env,
         )
         urls: dict[str, str] = {}
 

@@ -10,7 +10,7 @@ import pytest
 import megatrio
 from megatrio import ConfigError, JobSettings
 from megatrio._config import Config, JobConfig, load_config
-from megatrio.app._jobs import JetStreamUnavailable, configured_specs, job_driver, open_jobs
+from megatrio.app._jobs import configured_specs, open_job_engine, open_jobs
 
 
 class ValidationError(Exception):
@@ -95,10 +95,11 @@ def test_jobs_are_file_only_and_nats_url_comes_from_anywhere(tmp_path: Path) -> 
     assert config.nats_url == "nats://n:4222"
 
 
-def test_the_engine_is_embedded_without_nats_url_and_jetstream_is_a_clear_error() -> None:
-    assert isinstance(job_driver(Config()), megatrio.EmbeddedDriver)
-    with pytest.raises(JetStreamUnavailable, match="JetStream engine not available"):
-        job_driver(Config(nats_url="nats://127.0.0.1:4222"))
+@pytest.mark.anyio
+async def test_the_engine_is_embedded_without_nats_url() -> None:
+    async with open_job_engine(Config(), "shop") as engine:
+        assert isinstance(engine.driver, megatrio.EmbeddedDriver)
+        assert engine.connection is None
 
 
 @pytest.mark.anyio

@@ -55,6 +55,7 @@ import re
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
+import attrs
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
@@ -483,7 +484,9 @@ class JetStreamDriver:
     async def dead_letter(self, letter: DeadLetter) -> None:
         """Publish *letter* with ``Nats-Msg-Id: dlq-<job stream seq>`` (at most one entry per
         message). Call it *before* terminating the delivery, so that the terminated
-        advisory's copy (:mod:`._advisories`) is the duplicate, not the real envelope."""
+        advisory's copy (:mod:`._advisories`) is the duplicate, not the real envelope.
+        The envelope names the job's subject in this engine's stream."""
+        letter = attrs.evolve(letter, subject=self.subject(letter.job))
         try:
             await publish_dead_letter(
                 self._js,
