@@ -77,6 +77,7 @@ async def serve_app(
     *,
     handle_signals: bool = True,
     extra_children: Sequence[ChildSpec] = (),
+    jobs_only: bool = False,
     task_status: trio.TaskStatus[Serving] = trio.TASK_STATUS_IGNORED,
 ) -> bool:
     """Serve *app* under a runtime until stopped (signal, ``app.rt.stop()``) or a fatal error;
@@ -94,6 +95,10 @@ async def serve_app(
     *extra_children*. Reports started with the bound addresses once all are ready. Stops in
     reverse, then ``app.on_stop(rt)``, then resources.
 
+    With *jobs_only* (``megatrio worker``) it runs the stores, ``on_start``/``on_stop``, the
+    admin listener and the job consumers, but no public HTTP listener and not
+    ``app.children()``.
+
     Raises:
         ListenError: an address could not be bound; nothing was started (not logged).
         Exception: whatever :func:`mega_runtime` raises for a fatal error (already logged).
@@ -104,6 +109,8 @@ async def serve_app(
         if not is_loopback(host):
             log.warning("admin listener %s is not on loopback: it exposes internals", host)
     public_binds = [*config.bind, f"unix:{config.uds}"] if config.uds else list(config.bind)
+    if jobs_only:
+        public_binds = []
     admin_binds = [config.admin_bind] if config.admin_bind else []
     # Every listener is bound before anything starts or is announced.
     with closing_all(bind_listeners([*public_binds, *admin_binds])) as sockets:
@@ -124,15 +131,17 @@ async def serve_app(
             jobs = await open_jobs(rt, app, config)
             await app.on_start(rt)
             rt.push_async_callback(app.on_stop, rt)
-            front = health_front(app.asgi(), readiness)
-            http_urls = await rt.start_child(
-                ChildSpec(
-                    "http",
-                    functools.partial(serve_http_on, options=http_options(config)),
-                    (front, public, "http", config.grace_seconds),
-                    shutdown_seconds=config.grace_seconds,
+            http_urls: object = []
+            if not jobs_only:
+                front = health_front(app.asgi(), readiness)
+                http_urls = await rt.start_child(
+                    ChildSpec(
+                        "http",
+                        functools.partial(serve_http_on, options=http_options(config)),
+                        (front, public, "http", config.grace_seconds),
+                        shutdown_seconds=config.grace_seconds,
+                    )
                 )
-            )
             admin_urls: object = []
             if admin:
                 admin_urls = await rt.start_child(admin_spec(rt, redactor, admin))
@@ -144,7 +153,7 @@ async def serve_app(
                 await rt.start_child(
                     jobs.child_spec(shutdown_seconds=config.grace_seconds * JOBS_GRACE_SHARE)
                 )
-            for spec in (*app.children(), *extra_children):
+            for spec in (*(() if jobs_only else app.children()), *extra_children):
                 await rt.start_child(spec)
             readiness.started = True
             assert isinstance(http_urls, list)

@@ -41,7 +41,14 @@ from ..services.logs._redact import Redactor
 from ._exit import EXIT_FATAL, EXIT_FORCED, EXIT_OK, EXIT_USAGE
 from ._parser import UsageError, build_parser, config_from, fail
 from ._startup import freeze_startup_objects
-from ._target import AppTarget, check_target, format_load_error, load_app, parse_target
+from ._target import (
+    AppTarget,
+    check_target,
+    format_load_error,
+    load_app,
+    no_jobs_reason,
+    parse_target,
+)
 
 log = logging.getLogger("megatrio.cli")
 
@@ -119,12 +126,13 @@ def _reload_dirs(args: argparse.Namespace, target: AppTarget, config: Config) ->
     return dirs
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: argparse.Namespace, *, jobs_only: bool = False) -> int:
+    """``run``, or with *jobs_only* ``worker`` (the job consumers without HTTP)."""
     from ..app._serve import serve_app
 
     config = config_from(args)
     target, app_dir = _target_from(args)
-    reload_dirs = _reload_dirs(args, target, config)
+    reload_dirs = _reload_dirs(args, target, config) if not jobs_only else None
     _configure_logging(config)
     if config.workers > 1 or reload_dirs is not None:
         from ._primary import serve_cluster
@@ -139,14 +147,18 @@ def _run(args: argparse.Namespace) -> int:
                 config,
                 factory=args.factory,
                 reload_dirs=reload_dirs,
+                jobs_only=jobs_only,
             )
         )
     app = _load_app(target, config)
     if app is None:
         return EXIT_FATAL
+    reason = no_jobs_reason(app) if jobs_only else None
+    if reason is not None:
+        fail(reason)
     freeze_startup_objects()
     try:
-        forced = trio.run(serve_app, app, config)
+        forced = trio.run(functools.partial(serve_app, app, config, jobs_only=jobs_only))
     except ListenError:
         raise
     except Exception:
@@ -206,6 +218,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run(args)
+        if args.command == "worker":
+            return _run(args, jobs_only=True)
         if args.command == "console":
             return _console(args)
         if args.command == "worker-process":
@@ -219,6 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 args.status_fd,
                 args.parent_fd,
                 args.listen_fd,
+                jobs_only=args.jobs_only,
             )
         return _tree(args)
     except (ConfigError, AppNotFound, UsageError) as exc:

@@ -224,6 +224,16 @@ def build_parser() -> _Parser:
         epilog=f"{_environment_help()}\n\n{_EXIT_CODES}",
     )
     add_serving_options(console, workers_help="only 1: the console serves one process")
+    jobs_worker = commands.add_parser(
+        "worker",
+        help="run an App's job consumers, without HTTP",
+        description="Run the job consumers of an App (no public HTTP listener, not the "
+        "app's other children) until SIGTERM or SIGINT; on_start/on_stop, the stores and the "
+        "admin listener run as with run. The listener options (--bind, --host, --port, --uds) "
+        "do not apply.",
+        epilog=f"{_environment_help()}\n\n{_EXIT_CODES}",
+    )
+    add_serving_options(jobs_worker, workers_help="worker processes under a supervising primary")
     worker = commands.add_parser("worker-process")  # started by a primary, not by people
     worker.add_argument("target")
     worker.add_argument("--app-dir", type=Path, required=True)
@@ -232,6 +242,7 @@ def build_parser() -> _Parser:
     worker.add_argument("--status-fd", type=int, required=True)
     worker.add_argument("--parent-fd", type=int, required=True)
     worker.add_argument("--listen-fd", type=int, action="append", default=[])
+    worker.add_argument("--jobs-only", action="store_true")
     tree = commands.add_parser(
         "tree",
         help="print the live supervision tree of a running app",
@@ -244,7 +255,9 @@ def build_parser() -> _Parser:
         "--config", type=Path, metavar="FILE", help="TOML file to read admin_bind from"
     )
     tree.add_argument("--json", action="store_true", help="print JSON instead of a tree")
-    parser.subcommands.update(run=run, console=console, **{"worker-process": worker}, tree=tree)
+    parser.subcommands.update(
+        run=run, console=console, worker=jobs_worker, **{"worker-process": worker}, tree=tree
+    )
     return parser
 
 

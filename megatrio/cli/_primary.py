@@ -135,8 +135,10 @@ class Cluster:
         *,
         factory: bool = False,
         reloading: bool = False,
+        jobs_only: bool = False,
     ) -> None:
         self.target = target
+        self.jobs_only = jobs_only
         self.app_dir = app_dir
         self.factory = factory
         self.config = config
@@ -291,6 +293,7 @@ class Cluster:
                 f"--status-fd={status_w}",
                 f"--parent-fd={parent_r}",
                 *(f"--listen-fd={fd}" for fd in listen_fds),
+                *(["--jobs-only"] if self.jobs_only else []),
             ]
             proc = await trio.lowlevel.open_process(
                 command,
@@ -434,9 +437,13 @@ async def serve_cluster(
     *,
     factory: bool = False,
     reload_dirs: Sequence[Path] | None = None,
+    jobs_only: bool = False,
 ) -> int:
     """Run the primary for the app *target* (resolved in *app_dir* by each worker, called
     when *factory*) until stopped; returns the process exit code.
+
+    With *jobs_only* (``megatrio worker --workers N``) no public listener is bound and each
+    worker runs only the app's job consumers.
 
     With *reload_dirs*, a reloader child watches them and restarts the workers when a ``.py``
     file there changes; a worker that cannot load the app then waits for the next change
@@ -455,10 +462,17 @@ async def serve_cluster(
     """
     redactor = Redactor(config.redact_keys)
     admin_binds = [config.admin_bind] if config.admin_bind else []
-    with closing_all(bind_listeners([*config.bind, *admin_binds])) as bound:
-        sockets, admin = list(bound[: len(config.bind)]), bound[len(config.bind) :]
+    public_binds = [] if jobs_only else list(config.bind)
+    with closing_all(bind_listeners([*public_binds, *admin_binds])) as bound:
+        sockets, admin = list(bound[: len(public_binds)]), bound[len(public_binds) :]
         cluster = Cluster(
-            target, app_dir, config, sockets, factory=factory, reloading=reload_dirs is not None
+            target,
+            app_dir,
+            config,
+            sockets,
+            factory=factory,
+            reloading=reload_dirs is not None,
+            jobs_only=jobs_only,
         )
         try:
             async with mega_runtime(
@@ -493,7 +507,7 @@ async def serve_cluster(
                 log.info(
                     "primary (pid %d) serving %s with %d worker(s)",
                     os.getpid(),
-                    ", ".join(url_of(s) for s in sockets),
+                    ", ".join(url_of(s) for s in sockets) if sockets else "job consumers",
                     config.workers,
                 )
                 await trio.sleep_forever()

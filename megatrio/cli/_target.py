@@ -247,3 +247,10 @@ def _drop_internal_frames(report: traceback.TracebackException, seen: set[int]) 
     for chained in (report.__cause__, report.__context__, *(report.exceptions or ())):
         if chained is not None:
             _drop_internal_frames(chained, seen)
+
+
+def no_jobs_reason(app: App) -> str | None:
+    """Why ``megatrio worker`` cannot run *app* (it declares no job), or None."""
+    if app.job_specs():
+        return None
+    return f"app {app.name!r} declares no jobs: megatrio worker has nothing to run"

@@ -23,7 +23,7 @@ from ..supervisor import ChildSpec
 from ._exit import EXIT_FATAL, EXIT_FORCED, EXIT_OK, EXIT_USAGE
 from ._protocol import CONFIG_ENV, report_load_failure, tell
 from ._startup import freeze_startup_objects
-from ._target import format_load_error, load_app, parse_target
+from ._target import format_load_error, load_app, no_jobs_reason, parse_target
 
 log = logging.getLogger("megatrio.cluster")
 
@@ -54,14 +54,17 @@ def worker_process_main(
     status_fd: int,
     parent_fd: int,
     listen_fds: list[int],
+    *,
+    jobs_only: bool = False,
 ) -> int:
-    """Entry of ``megatrio worker-process``: serve the app on inherited sockets."""
+    """Entry of ``megatrio worker-process``: serve the app on inherited sockets, or with
+    *jobs_only* run its job consumers only."""
 
     source = f"environment variable {CONFIG_ENV}"
     config = config_from_json(os.environ.get(CONFIG_ENV, "{}"), source)
-    config = attrs.evolve(
-        config, bind=tuple(f"fd://{fd}" for fd in listen_fds), admin_bind="", workers=1
-    )
+    config = attrs.evolve(config, admin_bind="", workers=1)
+    if not jobs_only:
+        config = attrs.evolve(config, bind=tuple(f"fd://{fd}" for fd in listen_fds))
     configure_logging(
         level=config.log_level.number,
         fmt=config.log_format,
@@ -77,6 +80,9 @@ def worker_process_main(
     except AppLoadError as exc:
         report = format_load_error(exc, Redactor(config.redact_keys))
         return report_load_failure(status, EXIT_FATAL, report)
+    reason = no_jobs_reason(app) if jobs_only else None
+    if reason is not None:
+        return report_load_failure(status, EXIT_USAGE, f"megatrio: error: {reason}\n")
     tell(status, b"loaded\n")
 
     freeze_startup_objects()
@@ -90,6 +96,7 @@ def worker_process_main(
                 config,
                 handle_signals=True,
                 extra_children=[ChildSpec("primary-watch", _watch_primary, (parent_fd, app))],
+                jobs_only=jobs_only,
                 task_status=task_status,
             )
         )
