@@ -115,6 +115,18 @@ class Slots:
         """How many deliveries the next fetch may ask for: the free slots (0 when full)."""
         return self.concurrency - self._in_use
 
+    @property
+    def refill_at(self) -> int:
+        """Free slots worth a fetch while handlers still run: half the slots (at least one).
+        Fetching again for every single slot freed would cost one engine round trip per
+        message; waiting for half keeps batches large and the consumer at least half busy."""
+        return max(1, self.concurrency // 2)
+
+    def should_fetch(self) -> bool:
+        """Whether to fetch now: no handler runs, or :attr:`refill_at` slots are free."""
+        free = self.to_fetch()
+        return free > 0 and (self._in_use == 0 or free >= self.refill_at)
+
     def take(self, asked: int, got: int) -> None:
         """Account *got* deliveries returned by a fetch that asked for *asked*.
 

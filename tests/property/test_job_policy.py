@@ -157,6 +157,10 @@ class SlotMachine(RuleBasedStateMachine):
         assert self.slots.in_use == self.held
         assert 0 <= self.slots.to_fetch() <= self.slots.concurrency
         assert self.slots.in_use <= self.slots.concurrency
+        # Fetch when idle or when at least half the slots are free; never when full.
+        free = self.slots.concurrency - self.held
+        half = max(1, self.slots.concurrency // 2)
+        assert self.slots.should_fetch() == (free > 0 and (self.held == 0 or free >= half))
 
 
 TestSlots = SlotMachine.TestCase

@@ -134,11 +134,11 @@ class _Consumer:
     async def _fetch_loop(self, handlers: anyio.abc.TaskGroup) -> None:
         job = self.spec.name
         while not self.stop_requested:
-            asked = self.slots.to_fetch()
-            if asked == 0:
+            if not self.slots.should_fetch():
                 await self.slot_freed.wait()
                 self.slot_freed = anyio.Event()
                 continue
+            asked = self.slots.to_fetch()
             deliveries: list[Delivery] = []
             with anyio.CancelScope() as self.fetch_scope:
                 if self.stop_requested:
