@@ -1,7 +1,9 @@
 """The job consumer: one supervised child per job, on any :class:`JobDriver`.
 
-A consumer fetches at most as many deliveries as it has free handler slots, runs each
-handler in a cancel scope of its own with its in-progress heartbeat inside that scope, and
+A consumer fetches at most as many deliveries as it has free handler slots (and fetches again
+once half of them are free, or it is idle), runs each handler in a task of its own, with an
+in-progress heartbeat that lasts exactly as long as the handler runs (one heartbeat task
+serves every delivery in progress), and
 settles every delivery exactly once according to the sans-IO decision
 (:func:`megatrio._policy._jobs.decide`): ack after the handler returned, nak with the table's
 delay after a retryable error, dead-letter then term for poison. Settles are sent in batches
@@ -21,7 +23,9 @@ at once), in one shielded settle bounded by :data:`CLEANUP_SECONDS`.
 from __future__ import annotations
 
 import functools
+import heapq
 import logging
+import math
 from typing import TYPE_CHECKING
 
 import anyio
@@ -111,6 +115,11 @@ class _Consumer:
         self.fetch_scope: anyio.CancelScope | None = None
         self.settle_wake = anyio.Event()
         self.slot_freed = anyio.Event()
+        self.beating: dict[int, tuple[Delivery, float]] = {}
+        """Deliveries whose handler runs, with when it started: token -> (delivery, start)."""
+        self.beats: list[tuple[float, int, int]] = []
+        """Heap of (due, token, beat number); entries of finished handlers are skipped."""
+        self.beat_wake = anyio.Event()
         self.counts = {"acked": 0, "retried": 0, "termed": 0, "dead_lettered": 0, "released": 0}
 
     # -- the loop -------------------------------------------------------------------------------
@@ -121,6 +130,7 @@ class _Consumer:
         try:
             async with anyio.create_task_group() as service:
                 service.start_soon(self._settler)
+                service.start_soon(self._heartbeats)
                 if self.ctx is not None:
                     service.start_soon(self._watch_stop, self.ctx)
                 async with anyio.create_task_group() as handlers:
@@ -171,7 +181,7 @@ class _Consumer:
 
     async def _handle(self, token: int, delivery: Delivery) -> None:
         try:
-            outcome, error = await self._run_handler(delivery)
+            outcome, error = await self._run_handler(token, delivery)
             decision = decide(self.spec.settings, delivery.delivery, outcome)
             if error is not None:
                 self._log_failure(delivery, error, decision)
@@ -186,36 +196,64 @@ class _Consumer:
             self.slot_freed.set()
             self._annotate()
 
-    async def _run_handler(self, delivery: Delivery) -> tuple[HandlerOutcome, BaseException | None]:
+    async def _run_handler(
+        self, token: int, delivery: Delivery
+    ) -> tuple[HandlerOutcome, BaseException | None]:
         try:
             payload = self.spec.codec.decode(delivery.payload)
         except Exception as exc:
             return HandlerOutcome.UNDECODABLE, exc
-        started_at = anyio.current_time()
-        # The handler's own scope (the task group's): its heartbeat lives and dies with it.
-        async with anyio.create_task_group() as scope:
-            scope.start_soon(self._heartbeat, delivery, started_at)
-            try:
-                await self.spec.handler(payload)
-            except Exception as exc:
-                error = unwrap_group(exc)
-                kind = (
-                    HandlerOutcome.NO_RETRY
-                    if isinstance(error, self.spec.no_retry)
-                    else HandlerOutcome.FAILED
-                )
-                return kind, error
-            finally:
-                scope.cancel_scope.cancel()
+        # The heartbeat of this delivery lasts exactly as long as its handler runs.
+        self._beat_from(token, delivery, anyio.current_time())
+        try:
+            await self.spec.handler(payload)
+        except Exception as exc:
+            error = unwrap_group(exc)
+            kind = (
+                HandlerOutcome.NO_RETRY
+                if isinstance(error, self.spec.no_retry)
+                else HandlerOutcome.FAILED
+            )
+            return kind, error
+        finally:
+            self.beating.pop(token, None)
         return HandlerOutcome.RETURNED, None
 
-    async def _heartbeat(self, delivery: Delivery, started_at: float) -> None:
-        beat = 1
-        while (due := self.schedule.beat_at(started_at, beat)) is not None:
-            await anyio.sleep_until(due)
-            self.pending.append(Settle("progress", delivery))
-            self.settle_wake.set()
-            beat += 1
+    # -- heartbeats: one task for every delivery in progress --------------------------------
+    # A task (and its cancellation) per delivery cost more than the rest of a trivial job.
+
+    def _beat_from(self, token: int, delivery: Delivery, started_at: float) -> None:
+        self.beating[token] = (delivery, started_at)
+        self._schedule_beat(token, started_at, 1)
+
+    def _schedule_beat(self, token: int, started_at: float, beat: int) -> None:
+        due = self.schedule.beat_at(started_at, beat)
+        if due is None:
+            return
+        earliest = self.beats[0][0] if self.beats else math.inf
+        heapq.heappush(self.beats, (due, token, beat))
+        if due < earliest:
+            self.beat_wake.set()
+
+    async def _heartbeats(self) -> None:
+        while True:
+            now = anyio.current_time()
+            while self.beats and self.beats[0][0] <= now:
+                _, token, beat = heapq.heappop(self.beats)
+                entry = self.beating.get(token)
+                if entry is None:
+                    continue  # its handler has returned
+                delivery, started_at = entry
+                self.pending.append(Settle("progress", delivery))
+                self.settle_wake.set()
+                self._schedule_beat(token, started_at, beat + 1)
+            # Drop the entries of handlers that have returned, so the heap stays bounded by
+            # the deliveries in progress.
+            while self.beats and self.beats[0][1] not in self.beating:
+                heapq.heappop(self.beats)
+            wake = self.beat_wake = anyio.Event()
+            with anyio.move_on_at(self.beats[0][0] if self.beats else math.inf):
+                await wake.wait()
 
     async def _dead_letter(
         self, token: int, delivery: Delivery, decision: Decision, error: BaseException | None
