@@ -35,6 +35,18 @@ def wait_port(port: int, timeout: float = 10.0) -> None:
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
 
 
+def stop_process(proc: subprocess.Popen[bytes] | None, sig: signal.Signals) -> None:
+    """Send *sig* to *proc* by pid (SIGKILL for a crash) and wait until it is gone."""
+    if proc is None or proc.poll() is not None:
+        return
+    os.kill(proc.pid, sig)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class RedisServer:
     """A ``redis-server`` of our own: ``.host``, ``.port``, ``.url``; ``stop()``/``start()``."""
 
@@ -71,15 +83,7 @@ class RedisServer:
 
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
         """Stop it by pid (SIGKILL for a crash); wait until it is gone."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, sig)
         self.proc = None
 
     def flush(self) -> None:
@@ -169,15 +173,7 @@ class NatsServer:
 
     def stop(self, sig: signal.Signals = signal.SIGTERM) -> None:
         """Stop it by pid (SIGKILL for a crash); wait until it is gone."""
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, sig)
         self.proc = None
 
     def restart(self) -> None:
