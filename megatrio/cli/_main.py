@@ -1,4 +1,5 @@
-"""The ``megatrio`` command: ``run``, ``console`` and ``tree``.
+"""The ``megatrio`` command: ``run``, ``console``, ``tree`` and ``dlq`` (its exit codes are in
+``_dlq.py``).
 
 Exit codes of ``megatrio run`` (and ``console``, ``tree``):
 
@@ -29,6 +30,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Any, NoReturn, cast
 
+import attrs
 import trio
 
 from .._config import Config, load_config, unknown_environment_variables
@@ -36,6 +38,7 @@ from .._exceptions import AppLoadError, AppNotFound, ConfigError, ListenError
 from ..app._app import App
 from ..services.http._addresses import parse_address
 from ..services.http._admin import TREE_PATH
+from ..services.logs._levels import LogLevel
 from ..services.logs._logging import configure_logging
 from ..services.logs._redact import Redactor
 from ._exit import EXIT_FATAL, EXIT_FORCED, EXIT_OK, EXIT_USAGE
@@ -187,6 +190,22 @@ def _console(args: argparse.Namespace) -> int:
     return run_console(app, config, log_stream=log_stream)
 
 
+def _dlq(args: argparse.Namespace) -> int:
+    from ._dlq import run_dlq
+
+    config = config_from(args)
+    target, _ = _target_from(args)
+    # stdout is the command's output (JSON lines with --json): records go to stderr, and
+    # only warnings and errors (info would announce every NATS connection).
+    if config.log_level.number < logging.WARNING:
+        config = attrs.evolve(config, log_level=LogLevel.WARNING)
+    _configure_logging(config, stream=sys.stderr)
+    app = _load_app(target, config)
+    if app is None:
+        return EXIT_FATAL
+    return run_dlq(args, app, config)
+
+
 def _tree(args: argparse.Namespace) -> int:
     address = args.admin
     if address is not None:
@@ -222,6 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args, jobs_only=True)
         if args.command == "console":
             return _console(args)
+        if args.command == "dlq":
+            return _dlq(args)
         if args.command == "worker-process":
             from ._worker import worker_process_main
 

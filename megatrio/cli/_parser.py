@@ -60,15 +60,53 @@ class _Parser(argparse.ArgumentParser):
         kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
         super().__init__(*args, **kwargs)
         self.subcommands: dict[str, argparse.ArgumentParser] = {}
+        self.subcommand_dest = "command"
+        """The namespace attribute naming which of :attr:`subcommands` was chosen."""
 
     def parse_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: None = None
     ) -> argparse.Namespace:
         parsed, extras = self.parse_known_args(args)
         if extras:
-            parser = self.subcommands.get(getattr(parsed, "command", None) or "", self)
+            # The innermost subcommand given (dlq list), so its usage is the one shown.
+            parser: argparse.ArgumentParser = self
+            while isinstance(parser, _Parser):
+                chosen = getattr(parsed, parser.subcommand_dest, None) or ""
+                if chosen not in parser.subcommands:
+                    break
+                parser = parser.subcommands[chosen]
             parser.error(f"unrecognized arguments: {' '.join(extras)}")
         return parsed
+
+
+def add_target_options(p: argparse.ArgumentParser) -> None:
+    """The App a command loads: ``MODULE:ATTR``, ``--config``, ``--app-dir``, ``--factory``
+    (what ``_main._target_from`` and ``config_from`` read)."""
+    p.add_argument(
+        "target",
+        metavar="MODULE:ATTR",
+        help="the App: an App object or subclass (app:app, app:Shop), or with --factory "
+        "a function returning one; MODULE may be a file path (./app.py:app)",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE",
+        help="TOML file (default: ./megatrio.toml, else [tool.megatrio] in ./pyproject.toml)",
+    )
+    p.add_argument(
+        "--app-dir",
+        type=Path,
+        metavar="DIR",
+        help="directory MODULE is imported from, and a file path in it is relative to "
+        "(default: the current directory)",
+    )
+    p.add_argument(
+        "--factory",
+        action="store_true",
+        help="ATTR is a function returning the App, called with no arguments "
+        "(like app:create_app) (default: off)",
+    )
 
 
 def build_parser() -> _Parser:
@@ -87,18 +125,7 @@ def build_parser() -> _Parser:
     formats = ", ".join(fmt.value for fmt in LogFormat)
 
     def add_serving_options(p: argparse.ArgumentParser, *, workers_help: str) -> None:
-        p.add_argument(
-            "target",
-            metavar="MODULE:ATTR",
-            help="the App: an App object or subclass (app:app, app:Shop), or with --factory "
-            "a function returning one; MODULE may be a file path (./app.py:app)",
-        )
-        p.add_argument(
-            "--config",
-            type=Path,
-            metavar="FILE",
-            help="TOML file (default: ./megatrio.toml, else [tool.megatrio] in ./pyproject.toml)",
-        )
+        add_target_options(p)
         p.add_argument(
             "--bind",
             action="append",
@@ -181,19 +208,6 @@ def build_parser() -> _Parser:
             help=f"one of {formats}; auto is json when stdout is not a terminal "
             f"(default: {_DEFAULTS.log_format.value})",
         )
-        p.add_argument(
-            "--app-dir",
-            type=Path,
-            metavar="DIR",
-            help="directory MODULE is imported from, and a file path in it is relative to "
-            "(default: the current directory)",
-        )
-        p.add_argument(
-            "--factory",
-            action="store_true",
-            help="ATTR is a function returning the App, called with no arguments "
-            "(like app:create_app) (default: off)",
-        )
 
     run = commands.add_parser(
         "run",
@@ -255,34 +269,160 @@ def build_parser() -> _Parser:
         "--config", type=Path, metavar="FILE", help="TOML file to read admin_bind from"
     )
     tree.add_argument("--json", action="store_true", help="print JSON instead of a tree")
+    dlq = _add_dlq_parser(commands)
     parser.subcommands.update(
-        run=run, console=console, worker=jobs_worker, **{"worker-process": worker}, tree=tree
+        run=run,
+        console=console,
+        worker=jobs_worker,
+        **{"worker-process": worker},
+        tree=tree,
+        dlq=dlq,
     )
     return parser
 
 
+_DLQ_EXIT_CODES = """\
+exit codes:
+  0  done
+  1  NATS cannot be reached, the app's own code failed to import or build, or
+     (retry) a letter's job is no longer declared by the app: it stays queued
+  2  usage or configuration error (one line naming what was wrong): an unknown
+     id, an app without nats_url (the embedded engine's dead letters live in the
+     serving process's memory)"""
+
+_DLQ_ABOUT = (
+    "The dead-letter queue of an App's JetStream jobs (nats_url): the messages that will not "
+    "be delivered again, each with its envelope (job, reason, deliveries, error, traceback, "
+    "payload). The app is loaded as by run (MODULE:ATTR, --config, --app-dir, --factory, "
+    "MEGATRIO_* variables) to find its name, its jobs and nats_url; nothing is served."
+)
+
+
+def _about(text: str) -> str:
+    """:data:`_DLQ_ABOUT` and *text*, filled (the raw formatter keeps line breaks as given)."""
+    return "\n\n".join(textwrap.fill(part, width=79) for part in (_DLQ_ABOUT, text))
+
+
+def _dlq_id(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a dead-letter id (a number >= 1), got {text!r}")
+    return int(text)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {text!r}")
+    return int(text)
+
+
+def _add_dlq_parser(commands: argparse._SubParsersAction[_Parser]) -> _Parser:
+    """``megatrio dlq list|show|retry|purge MODULE:ATTR ...`` (run by ``_dlq.py``)."""
+    dlq = commands.add_parser(
+        "dlq",
+        help="list, show, retry or purge the dead letters of an App's jobs",
+        description=textwrap.fill(_DLQ_ABOUT, width=79) + "\n\n"
+        "  list   the oldest dead letters, one line each (or JSON lines)\n"
+        "  show   one dead letter's whole envelope, traceback included\n"
+        "  retry  enqueue a dead letter's payload to its job again, then remove it\n"
+        "  purge  remove dead letters",
+        epilog=_DLQ_EXIT_CODES,
+    )
+    dlq.subcommand_dest = "dlq_command"
+    actions = dlq.add_subparsers(
+        dest="dlq_command", required=True, metavar="ACTION", parser_class=_Parser
+    )
+    listing = actions.add_parser(
+        "list",
+        help="the oldest dead letters, one line each",
+        description=_about(
+            "Print the oldest dead letters, one line each: id, job, "
+            "reason, deliveries, when it failed (UTC) and the error, cut to fit 100 columns. "
+            "The id is what show, retry and purge take."
+        ),
+        epilog=_DLQ_EXIT_CODES,
+    )
+    add_target_options(listing)
+    listing.add_argument(
+        "--limit", type=_positive, default=100, metavar="N", help="at most N (default: 100)"
+    )
+    listing.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON object per line instead: the id and the whole envelope, the payload "
+        "as text (payload_encoding hex when it is not UTF-8) (default: off)",
+    )
+    show = actions.add_parser(
+        "show",
+        help="one dead letter's whole envelope, traceback included",
+        description=_about(
+            "Print the whole envelope of dead letter ID: job, "
+            "subject and sequence, reason, deliveries, when it failed, the error, the payload and "
+            "the traceback (capped and redacted when it was stored)."
+        ),
+        epilog=_DLQ_EXIT_CODES,
+    )
+    add_target_options(show)
+    show.add_argument("id", type=_dlq_id, metavar="ID", help="a dead-letter id (from list)")
+    show.add_argument(
+        "--json", action="store_true", help="print it as one JSON object (default: off)"
+    )
+    retry = actions.add_parser(
+        "retry",
+        help="enqueue dead letters to their jobs again, then remove them",
+        description=_about(
+            "Enqueue each dead letter's payload to its job again, "
+            "as a new message (a fresh msg id, so de-duplication never swallows it), then remove "
+            "the dead letter; one line per letter with the new sequence. A letter whose job the "
+            "app no longer declares is reported and left in the queue (exit 1)."
+        ),
+        epilog=_DLQ_EXIT_CODES,
+    )
+    purge = actions.add_parser(
+        "purge",
+        help="remove dead letters",
+        description=_about("Remove dead letters without running them; prints how many went."),
+        epilog=_DLQ_EXIT_CODES,
+    )
+    for p, verb in ((retry, "retry"), (purge, "remove")):
+        add_target_options(p)
+        p.add_argument(
+            "ids", type=_dlq_id, nargs="*", metavar="ID", help=f"dead-letter ids to {verb}"
+        )
+        p.add_argument(
+            "--all", action="store_true", help=f"{verb} every dead letter (default: off)"
+        )
+    dlq.subcommands.update(list=listing, show=show, retry=retry, purge=purge)
+    return dlq
+
+
 def config_from(args: argparse.Namespace) -> Config:
-    bind = ",".join(args.bind) if args.bind else None
-    if args.host is not None or args.port is not None:
-        if args.bind:
+    """The Config of a command with :func:`add_target_options`: the file, the environment,
+    then whichever serving options the command has (``dlq`` has none of them)."""
+
+    def option(name: str) -> Any:
+        return getattr(args, name, None)
+
+    bind = ",".join(option("bind")) if option("bind") else None
+    if option("host") is not None or option("port") is not None:
+        if bind:
             fail("--host/--port and --bind cannot be combined: use --bind HOST:PORT")
-        bind = _host_port(args.host, args.port)
-    overrides = {
-        "bind": bind,
-        "admin_bind": args.admin_bind,
-        "grace_seconds": args.grace_seconds,
-        "shutdown_delay_seconds": args.shutdown_delay_seconds,
-        "uds": args.uds,
-        "keep_alive_timeout_seconds": args.keep_alive_timeout_seconds,
-        "max_concurrent_connections": args.max_concurrent_connections,
-        "root_path": args.root_path,
-        "forwarded_allow_ips": args.forwarded_allow_ips,
-        "certfile": args.certfile,
-        "keyfile": args.keyfile,
-        "workers": getattr(args, "workers", None),
-        "log_level": args.log_level,
-        "log_format": args.log_format,
-    }
+        bind = _host_port(option("host"), option("port"))
+    keys = (
+        "admin_bind",
+        "grace_seconds",
+        "shutdown_delay_seconds",
+        "uds",
+        "keep_alive_timeout_seconds",
+        "max_concurrent_connections",
+        "root_path",
+        "forwarded_allow_ips",
+        "certfile",
+        "keyfile",
+        "workers",
+        "log_level",
+        "log_format",
+    )
+    overrides = {"bind": bind, **{key: option(key) for key in keys}}
     return load_config(path=args.config, overrides=overrides)
 
 
