@@ -14,6 +14,7 @@ its delay; after a lost worker, once its ack wait expires).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple, Protocol
 
@@ -31,18 +32,31 @@ def job_subject(job: str) -> str:
     return SUBJECT_PREFIX + job
 
 
-def _check_name(instance: object, attribute: object, value: str) -> None:
-    # A job name becomes a NATS subject token sequence: dots separate tokens, and whitespace,
-    # '*' and '>' would change what the subject matches.
+_TOKEN = re.compile(r"[A-Za-z0-9_-]+\Z")
+_MAX_JOB = 128
+
+
+def check_job_name(name: object) -> str:
+    """*name* if it can be a job's name, else ValueError naming it.
+
+    A job name becomes NATS subject tokens (and a JetStream consumer name): dot-separated
+    tokens of letters, digits, ``_`` or ``-``; spaces, ``*`` and ``>`` would change what a
+    subject matches.
+    """
     if (
-        not isinstance(value, str)
-        or not value
-        or any(c.isspace() or c in "*>" for c in value)
-        or "" in value.split(".")
+        not isinstance(name, str)
+        or len(name) > _MAX_JOB
+        or not all(_TOKEN.match(token) for token in name.split("."))
     ):
         raise ValueError(
-            f"job name must be dot-separated non-empty tokens without spaces, '*' or '>': {value!r}"
+            f"invalid job name {name!r}: expected dot-separated tokens of letters, digits, '_' "
+            f"or '-', at most {_MAX_JOB} characters (NATS subjects allow no spaces, '*' or '>')"
         )
+    return name
+
+
+def _check_name(instance: object, attribute: object, value: str) -> None:
+    check_job_name(value)
 
 
 def _check_positive_count(instance: object, attribute: attrs.Attribute[int], value: int) -> None:

@@ -65,13 +65,12 @@ from nats.js import api
 from ..._exceptions import BackendUnavailable
 from ...nursery._errors import describe
 from ._advisories import AdvisoryListener, is_unavailable, publish_dead_letter
-from ._driver import DeadLetter, Delivery, JobSettings, Settle
+from ._driver import DeadLetter, Delivery, JobSettings, Settle, check_job_name
 
 log = logging.getLogger("megatrio.jobs")
 
 _TOKEN = re.compile(r"[A-Za-z0-9_-]+\Z")
 _MAX_NAMESPACE = 64
-_MAX_JOB = 128
 _DEFAULT_MAX_ACK_PENDING = 1000
 _STATUS = "Status"
 _HEARTBEAT = "100"
@@ -90,19 +89,6 @@ def check_namespace(namespace: object) -> str:
             "digits, '_' or '-' (it becomes a NATS subject token and part of stream names)"
         )
     return namespace.lower()
-
-
-def check_job_name(name: object) -> str:
-    if (
-        not isinstance(name, str)
-        or len(name) > _MAX_JOB
-        or not all(_TOKEN.match(token) for token in name.split("."))
-    ):
-        raise ValueError(
-            f"invalid job name {name!r}: expected dot-separated tokens of letters, digits, '_' "
-            f"or '-', at most {_MAX_JOB} characters (NATS subjects allow no spaces, '*' or '>')"
-        )
-    return name
 
 
 def backoff_for(settings: JobSettings) -> list[float] | None:
