@@ -71,6 +71,8 @@ if _TYPE_CHECKING:
     from .services.alerts._senders import TelegramSender as TelegramSender
     from .services.alerts._senders import WebhookSender as WebhookSender
     from .services.nats._bus import Bus as Bus
+    from .services.nats._bus import BusMessage as BusMessage
+    from .services.nats._bus import Subscription as Subscription
     from .services.nats._connection import NatsConnection as NatsConnection
     from .services.nats._connection import open_nats as open_nats
     from .services.stores._redis import CacheUnavailable as CacheUnavailable
@@ -88,6 +90,8 @@ _LAZY = {
     "WebhookSender": ".services.alerts._senders",
     "serve_alerts": ".services.alerts._dispatcher",
     "Bus": ".services.nats._bus",
+    "BusMessage": ".services.nats._bus",
+    "Subscription": ".services.nats._bus",
     "NatsConnection": ".services.nats._connection",
     "open_nats": ".services.nats._connection",
     "CacheUnavailable": ".services.stores._redis",
@@ -119,6 +123,7 @@ __all__ = (
     "BackendUnavailable",
     "Backoff",
     "Bus",
+    "BusMessage",
     "Cache",
     "CacheDriver",
     "CacheUnavailable",
@@ -161,6 +166,7 @@ __all__ = (
     "Serving",
     "StartupFailed",
     "Strategy",
+    "Subscription",
     "Supervisor",
     "SupervisorNotRunning",
     "TelegramSender",

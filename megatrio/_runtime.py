@@ -23,8 +23,9 @@ from .nursery._watchdog import LoopWatchdog
 from .supervisor import ChildSpec, Supervisor
 
 if TYPE_CHECKING:
-    # For annotations only: the stores are a layer above and are never imported at run time.
+    # For annotations only: the services are a layer above and are never imported at run time.
     from .services.jobs._jobs import Jobs
+    from .services.nats._bus import Bus
     from .services.stores._cache import Cache
 
 log = logging.getLogger("megatrio.runtime")
@@ -69,6 +70,7 @@ class Runtime(metaclass=NoPublicConstructor):
         open. The registry is generic: the runtime keeps the map and knows nothing of caches."""
         self._nonces: NonceStore | None = None
         self._jobs: Jobs | None = None
+        self._bus: Bus | None = None
 
     @property
     def stopping(self) -> bool:
@@ -152,6 +154,39 @@ class Runtime(metaclass=NoPublicConstructor):
         """Remove *jobs* if it is :attr:`jobs`. Idempotent; not a checkpoint."""
         if self._jobs is jobs:
             self._jobs = None
+
+    @property
+    def bus(self) -> Bus:
+        """The core-NATS bus (``megatrio.Bus``): publish, subscribe, request and reply,
+        at-most-once. Installed by ``megatrio run`` when ``nats_url`` is set, or by
+        :meth:`install_bus` when embedding.
+
+        Raises:
+            LookupError: no bus is installed (the message names the setting that opens one).
+        """
+        if self._bus is None:
+            raise LookupError(
+                f"runtime {self.name!r} has no bus: the bus needs NATS — set nats_url "
+                "(megatrio.toml) or MEGATRIO_NATS_URL to nats://HOST:PORT, or install a "
+                "megatrio.Bus with rt.install_bus(bus)"
+            )
+        return self._bus
+
+    def install_bus(self, bus: Bus) -> None:
+        """Make *bus* :attr:`bus`. Not a checkpoint. The runtime only keeps it: it never
+        looks inside (the NATS service is a layer above).
+
+        Raises:
+            ValueError: a bus is installed already.
+        """
+        if self._bus is not None:
+            raise ValueError(f"runtime {self.name!r} already has a bus")
+        self._bus = bus
+
+    def uninstall_bus(self, bus: Bus) -> None:
+        """Remove *bus* if it is :attr:`bus`. Idempotent; not a checkpoint."""
+        if self._bus is bus:
+            self._bus = None
 
     def snapshot(self) -> dict[str, Any]:
         """The whole supervision tree as plain data. Not a checkpoint."""

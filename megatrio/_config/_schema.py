@@ -264,7 +264,8 @@ class Config:
     nats_url: str = attrs.field(
         default="",
         metadata=_meta(
-            parse.nats_url, "nats://HOST:PORT for JetStream jobs; empty: embedded, not durable"
+            parse.nats_url,
+            "nats://HOST:PORT: the bus and JetStream jobs; empty: no bus, embedded jobs",
         ),
     )
     jobs: dict[str, JobConfig] = attrs.field(

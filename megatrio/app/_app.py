@@ -26,7 +26,7 @@ or a subclass (``megatrio run module:Hello`` instantiates it with no arguments):
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from quart_trio import QuartTrio
 
@@ -38,6 +38,10 @@ from ..services.jobs._driver import JobSettings
 from ..services.jobs._jobs import Jobs, JobSpec
 from ..services.stores._cache import Cache
 from ..supervisor import ChildSpec
+
+if TYPE_CHECKING:
+    # nats-py is imported only by a process that uses NATS.
+    from ..services.nats._bus import Bus
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -198,6 +202,19 @@ class App:
             RuntimeError: the app is not being served. LookupError: it declares no jobs.
         """
         return self.rt.jobs
+
+    @property
+    def bus(self) -> Bus:
+        """The core-NATS bus while the app is served with ``nats_url``: ``await
+        app.bus.publish(subject, data)``, ``async with app.bus.subscribe(subject) as sub``,
+        ``await app.bus.request(subject, data, timeout_seconds=...)``. At-most-once: a message
+        nobody is subscribed to when it is published is gone (use jobs for work that must
+        happen).
+
+        Raises:
+            RuntimeError: the app is not being served. LookupError: ``nats_url`` is not set.
+        """
+        return self.rt.bus
 
     def children(self) -> Iterable[ChildSpec]:
         """The children to start after HTTP is ready, in order. Override to compute them."""

@@ -20,6 +20,7 @@ from ..services.jobs._jobs import Jobs, JobSpec
 from ..services.logs._redact import Redactor
 from ..supervisor import ChildSpec
 from ._app import App
+from ._nats import open_connection
 
 if TYPE_CHECKING:
     from ..services.jobs._jetstream import JetStreamDriver
@@ -27,17 +28,25 @@ if TYPE_CHECKING:
 
 
 @contextlib.asynccontextmanager
-async def open_job_engine(config: Config, namespace: str) -> AsyncIterator[JobEngine]:
+async def open_job_engine(
+    config: Config, namespace: str, *, connection: NatsConnection | None = None
+) -> AsyncIterator[JobEngine]:
     """The job engine *config* asks for, open for the block.
 
-    With ``nats_url``: a NATS connection (nats-py on its own asyncio loop in a thread) and the
-    JetStream engine on it, its streams named after *namespace* (the app's name), so two apps
-    on one NATS never share a stream. Without: the embedded engine, in this process's memory
+    With *connection* (an open NATS connection the caller keeps and closes), the JetStream
+    engine on it. Otherwise with ``nats_url``: a NATS connection of its own (nats-py on its
+    own asyncio loop in a thread), closed with the block, and the JetStream engine on it.
+    Either way its streams are named after *namespace* (the app's name), so two apps on one
+    NATS never share a stream. Without either: the embedded engine, in this process's memory
     (not durable: queued jobs are lost when the process exits).
 
     Raises:
         megatrio.BackendUnavailable: NATS cannot be reached.
     """
+    if connection is not None:
+        async with _jetstream_engine(connection, namespace) as engine:
+            yield engine
+        return
     if not config.nats_url:
         embedded = EmbeddedDriver()
         try:
@@ -46,22 +55,32 @@ async def open_job_engine(config: Config, namespace: str) -> AsyncIterator[JobEn
             await embedded.aclose()
         return
     # nats-py is imported only by a process that uses NATS.
+    from ..services.nats._connection import open_nats
+
+    async with (
+        open_nats(config.nats_url, name=namespace) as conn,
+        _jetstream_engine(conn, namespace) as engine,
+    ):
+        yield engine
+
+
+@contextlib.asynccontextmanager
+async def _jetstream_engine(conn: NatsConnection, namespace: str) -> AsyncIterator[JobEngine]:
+    """The JetStream engine on *conn*, which outlives the block (its caller closes it)."""
     from ..services.jobs._bridged import BridgedDriver
     from ..services.jobs._jetstream import JetStreamDriver
-    from ..services.nats._connection import open_nats
 
     async def new_engine(client: Any) -> JetStreamDriver:
         # Built on the connection's loop: its asyncio objects belong there.
         return JetStreamDriver(client, namespace=namespace)
 
-    async with open_nats(config.nats_url, name=namespace) as conn:
-        engine = await conn.run(new_engine, conn.client)
-        driver = BridgedDriver(conn, engine)
-        try:
-            yield JobEngine(driver, conn, engine)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await driver.aclose()
+    engine = await conn.run(new_engine, conn.client)
+    driver = BridgedDriver(conn, engine)
+    try:
+        yield JobEngine(driver, conn, engine)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await driver.aclose()
 
 
 @attrs.frozen
@@ -106,12 +125,13 @@ async def open_jobs(rt: Runtime, app: App, config: Config) -> Jobs | None:
     (:func:`open_job_engine`), declared and ready for ``enqueue``; None (and nothing opened)
     when the app declares no jobs.
 
-    With JetStream, the supervised children ``nats`` (the connection's state and reconnects
-    in the tree) and ``jobs-advisories`` (dead-lettering what JetStream gave up on — a job
-    whose worker died on its final delivery) are started too. The engine closes and
-    ``rt.jobs`` goes when the runtime stops, after every child. The consumers are started
-    separately (:meth:`Jobs.child_spec`), so ``on_start`` and HTTP handlers may enqueue
-    before they run.
+    With ``nats_url``, the JetStream engine runs on the runtime's one NATS connection
+    (:func:`~megatrio.app._nats.open_connection`: the bus's, opened here if nothing opened it
+    yet, with its ``nats`` child), and the supervised child ``jobs-advisories``
+    (dead-lettering what JetStream gave up on — a job whose worker died on its final
+    delivery) is started too. The engine closes and ``rt.jobs`` goes when the runtime stops,
+    after every child and before the connection. The consumers are started separately
+    (:meth:`Jobs.child_spec`), so ``on_start`` and HTTP handlers may enqueue before they run.
 
     Raises:
         ConfigError: see :func:`configured_specs`.
@@ -120,13 +140,11 @@ async def open_jobs(rt: Runtime, app: App, config: Config) -> Jobs | None:
     specs = configured_specs(app, config)
     if not specs:
         return None
-    engine = await rt.enter_async_context(open_job_engine(config, app.name))
+    connection = await open_connection(rt, config, app.name)
+    engine = await rt.enter_async_context(open_job_engine(config, app.name, connection=connection))
     jobs = Jobs(engine.driver, specs, redactor=Redactor(config.redact_keys))
     await jobs.declare()
     if engine.connection is not None and engine.jetstream is not None:
-        from ..services.nats._connection import serve_nats_status
-
-        await rt.start_child(ChildSpec("nats", serve_nats_status, (engine.connection,)))
         await rt.start_child(
             ChildSpec("jobs-advisories", _serve_advisories, (engine.connection, engine.jetstream))
         )

@@ -24,6 +24,7 @@ from ..services.logs._redact import Redactor
 from ..supervisor import ChildSpec
 from ._app import App
 from ._jobs import open_jobs
+from ._nats import open_bus
 from ._stores import start_stores
 
 log = logging.getLogger("megatrio.serve")
@@ -88,8 +89,10 @@ async def serve_app(
     opens and before any listener is announced or served. The sockets are closed on every path.
 
     Start order: the configured stores (Redis, caches with their cleaners, the nonce store;
-    see :func:`~megatrio.app._stores.start_stores`), the app's jobs on their engine
-    (``rt.jobs``; see :func:`~megatrio.app._jobs.open_jobs`), ``app.on_start(rt)``, the
+    see :func:`~megatrio.app._stores.start_stores`), with ``nats_url`` the NATS connection
+    (its ``nats`` child) and ``rt.bus`` on it (:func:`~megatrio.app._nats.open_bus`), the
+    app's jobs on their engine (``rt.jobs``, on that same connection with JetStream; see
+    :func:`~megatrio.app._jobs.open_jobs`), ``app.on_start(rt)``, the
     public HTTP listener, the admin listener (if ``config.admin_bind``), the ``jobs``
     supervisor (one consumer child per declared job), then ``app.children()`` and
     *extra_children*. Reports started with the bound addresses once all are ready. Stops in
@@ -128,6 +131,9 @@ async def serve_app(
             rt.push_async_callback(_detach, app)
             readiness = _Readiness(rt)
             await start_stores(rt, config)
+            # The bus first: it opens the process's one NATS connection, which the jobs'
+            # JetStream engine then shares.
+            await open_bus(rt, config, app.name)
             jobs = await open_jobs(rt, app, config)
             await app.on_start(rt)
             rt.push_async_callback(app.on_stop, rt)

@@ -18,7 +18,10 @@ def test_a_served_app_handles_enqueued_jobs_under_a_jobs_supervisor() -> None:
         server.wait_line("handled job for bob after 2 attempts")
         tree = json.loads(server.get("/_megatrio/tree", base=server.admin)[1])
         [jobs] = [c for c in tree["children"] if c["name"] == "jobs"]
-        [consumer] = [c for c in jobs["supervisor"]["children"] if c["name"] == "greet"]
+        # One consumer per declared job (jobs_app declares greet, slow and poison).
+        consumers = {c["name"]: c for c in jobs["supervisor"]["children"]}
+        assert set(consumers) == {"greet", "slow", "poison"}
+        consumer = consumers["greet"]
         assert consumer["restarts"] == 0
         info = consumer["info"]
         assert (info["acked"], info["retried"], info["in_flight"]) == (2, 1, 0)

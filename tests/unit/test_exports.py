@@ -36,11 +36,37 @@ def test_importing_megatrio_does_not_load_redis_nats_or_http_clients() -> None:
 
 
 def test_the_nats_names_are_lazy_and_claim_the_face() -> None:
-    # Reached through the face, they load nats-py; the connection is a handle users never build.
-    assert {"Bus", "NatsConnection", "open_nats"} <= set(megatrio._LAZY)
-    assert repr(megatrio.Bus) == "<class 'megatrio.Bus'>"
-    with pytest.raises(TypeError, match="no public constructor"):
-        megatrio.NatsConnection()
+    # Reached through the face, they load nats-py; the connection and a subscription are
+    # handles users never build.
+    names = {"Bus", "BusMessage", "Subscription", "NatsConnection", "open_nats"}
+    assert names <= set(megatrio._LAZY)
+    for name in ("Bus", "BusMessage", "Subscription"):
+        assert repr(getattr(megatrio, name)) == f"<class 'megatrio.{name}'>"
+    for handle in (megatrio.NatsConnection, megatrio.Subscription):
+        with pytest.raises(TypeError, match="no public constructor"):
+            handle()
+
+
+@pytest.mark.parametrize(
+    "function",
+    [
+        lambda: megatrio.Bus.__init__,
+        lambda: megatrio.Bus.subscribe,
+        lambda: megatrio.Bus.request,
+        lambda: megatrio.Bus.reply,
+        lambda: megatrio.Subscription.__anext__,
+        lambda: megatrio.Runtime.install_bus,
+    ],
+)
+def test_bus_signatures_use_only_exported_types(function: Callable[[], Any]) -> None:
+    # A subscriber or responder annotates what it receives (BusMessage, Subscription) with
+    # names from megatrio.
+    # The runtime names Bus only under TYPE_CHECKING: resolve it through the face.
+    hints = typing.get_type_hints(function(), localns={"Bus": megatrio.Bus})
+    used = set().union(*map(_megatrio_classes, hints.values()))
+    assert used
+    for cls in used:
+        assert getattr(megatrio, cls.__name__, None) is cls, f"{cls.__qualname__} is not exported"
 
 
 def _megatrio_classes(annotation: Any) -> set[type]:
