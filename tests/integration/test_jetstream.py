@@ -114,14 +114,10 @@ async def test_bad_names_are_refused_by_name(nats: NatsServer) -> None:
             with pytest.raises(ValueError, match="invalid jobs namespace"):
                 JetStreamDriver(nc, namespace=bad)
         driver = JetStreamDriver(nc, namespace="app")
-        # JobSettings refuses what no NATS subject allows; the engine also refuses what its
-        # stream and consumer names do not (other characters, length).
-        for job in ("a b", "a.*", "a.>", "a..b", ""):
-            with pytest.raises(ValueError, match="job name must be dot-separated"):
-                JobSettings(job)
-        for job in ("a/b", "a#b", "é", "x" * 129):
+        # One check, in JobSettings: what no NATS subject, stream or consumer name allows.
+        for job in ("a b", "a.*", "a.>", "a..b", "", "a/b", "a#b", "é", "x" * 129):
             with pytest.raises(ValueError, match="invalid job name"):
-                await driver.declare([JobSettings(job)])
+                JobSettings(job)
         with pytest.raises(ValueError, match="map to one consumer name 'app_a_b'"):
             await driver.declare([JobSettings("a.b"), JobSettings("a_b")])
         await driver.declare([JobSettings("email.send")])
