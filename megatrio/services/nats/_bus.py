@@ -191,24 +191,125 @@ def _resolve(room: asyncio.Future[None]) -> None:
         room.set_result(None)
 
 
+OUTBOX_LIMIT = 10_000
+"""Publishes queued for the connection's loop at most; a publisher waits for room past it."""
+
+
+@final
+class _Outbox:
+    """Publishes on their way to nats-py: queued on the host's side, handed over on the
+    connection's loop by one drainer at a time, in order.
+
+    A crossing per publish would cap the bus at the bridge's crossing rate; here a publisher
+    only appends (and wakes the drainer if it sleeps), and one crossing carries whatever has
+    queued meanwhile. Bounded: past :data:`OUTBOX_LIMIT` a publisher waits for room.
+    """
+
+    def __init__(self, conn: NatsConnection, limit: int = OUTBOX_LIMIT) -> None:
+        self._conn = conn
+        self._limit = limit
+        self._items: collections.deque[tuple[str, bytes, dict[str, str] | None]] = (
+            collections.deque()
+        )
+        # Guards _draining, which both threads read and write.
+        self._lock = threading.Lock()
+        self._draining = False
+        self._room: anyio.Event | None = None  # the host's side only
+        self._drainer: asyncio.Future[None] | None = None  # the loop's side only
+        self._idle: asyncio.Event | None = None  # the loop's side only: set when drained
+        self.drains = 0
+        """How many times the drainer was woken (for tests and benchmarks)."""
+        self.failed = 0
+        """Publishes nats-py refused (the connection closed): lost, at most once."""
+
+    async def put(self, subject: str, data: bytes, headers: dict[str, str] | None) -> None:
+        await anyio.lowlevel.checkpoint()
+        while len(self._items) >= self._limit:
+            room = self._room = anyio.Event()
+            self._wake_drainer()
+            await room.wait()
+        self._items.append((subject, data, headers))
+        self._wake_drainer()
+
+    async def flush(self) -> None:
+        await self._conn.run(self._flush_on_loop)
+
+    def _wake_drainer(self) -> None:
+        with self._lock:
+            if self._draining:
+                return
+            self._draining = True
+        self.drains += 1
+        self._conn.bridge.call_soon_in_loop(self._start_drain)
+
+    # The methods below run on the connection's loop.
+
+    def _start_drain(self) -> None:
+        # Referenced until it ends: the loop itself keeps only a weak reference to a task.
+        self._drainer = asyncio.ensure_future(self._drain())
+
+    async def _drain(self) -> None:
+        client = self._conn.client
+        items = self._items
+        while True:
+            while items:
+                subject, data, headers = items.popleft()
+                try:
+                    await client.publish(subject, data, headers=headers)
+                except Exception:
+                    self.failed += 1
+                if self._room is not None and len(items) < self._limit // 2:
+                    self._conn.bridge.call_soon_in_host(self._make_room)
+            with self._lock:
+                if not items:
+                    self._draining = False
+                    break
+        if self._room is not None:
+            self._conn.bridge.call_soon_in_host(self._make_room)
+        idle, self._idle = self._idle, None
+        if idle is not None:
+            idle.set()
+
+    async def _flush_on_loop(self) -> None:
+        with self._lock:
+            draining = self._draining
+        if draining:
+            idle = self._idle = self._idle or asyncio.Event()
+            await idle.wait()
+        await self._conn.client.flush()
+
+    def _make_room(self) -> None:  # on the host's side
+        room, self._room = self._room, None
+        if room is not None:
+            room.set()
+
+
 class Bus:
     """The core-NATS bus on an open :class:`NatsConnection`. At-most-once (module docstring).
 
-    Every method crosses to the connection's loop once per call; cancelling one cancels the
-    nats-py call and waits for it (a cancelled publish may or may not have been sent).
+    :meth:`publish` queues for the connection's loop and returns (publishes cross in batches,
+    in order; :meth:`flush` waits until all are with the server); :meth:`request` and
+    :meth:`subscribe` cross once per call, and cancelling one cancels the nats-py call and
+    waits for it.
     """
 
     def __init__(self, conn: NatsConnection) -> None:
         self._conn = conn
+        self._outbox = _Outbox(conn)
 
     async def publish(
         self, subject: str, data: bytes, *, headers: dict[str, str] | None = None
     ) -> None:
-        """Publish *data* on *subject*. Returns once nats-py has buffered it (it is flushed
-        to the server shortly after); lost if the connection is down.
+        """Publish *data* on *subject*. Returns once it is queued for the connection (in
+        order, handed to nats-py and flushed to the server shortly after); waits for room
+        when :data:`OUTBOX_LIMIT` publishes are queued. Lost if the connection is down: the
+        bus is at-most-once.
         """
-        client = self._conn.client
-        await self._conn.run(functools.partial(client.publish, subject, data, headers=headers))
+        await self._outbox.put(subject, data, headers)
+
+    async def flush(self) -> None:
+        """Wait until every publish made so far has been sent to the server."""
+        await self._outbox.flush()
 
     async def reply(self, msg: BusMessage, data: bytes) -> None:
         """Answer a request *msg* with *data*.
