@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Iterable
 from typing import Any, NoReturn, TypeVar
 
 T = TypeVar("T")
@@ -49,3 +51,24 @@ def fixup_module_metadata(module_name: str, namespace: dict[str, Any]) -> None:
     for name, obj in namespace.items():
         if not name.startswith("_") and (isinstance(obj, type) or callable(obj)):
             fix(name, obj)
+
+
+def missing_references(refs: Iterable[str]) -> list[str]:
+    """Those of *refs* (``"package.module:Name.attribute"``) that do not resolve: the module
+    does not import, or an attribute on the path is missing. For the tests and start-up checks
+    that fail loudly when another library renames an internal megatrio relies on."""
+    missing: list[str] = []
+    for ref in refs:
+        module_name, _, path = ref.partition(":")
+        try:
+            obj: object = importlib.import_module(module_name)
+        except ImportError:
+            missing.append(ref)
+            continue
+        for part in path.split("."):
+            try:
+                obj = getattr(obj, part)
+            except AttributeError:
+                missing.append(ref)
+                break
+    return missing

@@ -39,6 +39,7 @@ window count), and splitting the handlers apart would hide which handler keeps w
 
 from __future__ import annotations
 
+import abc
 import collections
 import enum
 import heapq
@@ -329,7 +330,7 @@ class ChildRecord(Generic[E]):
         return f"<ChildRecord {self.name!r} {self.state.value} inc={self.incarnation}>"
 
 
-class _Op(Generic[E]):
+class _Op(abc.ABC, Generic[E]):
     """A stop operation: stops its children one at a time (reverse order), then completes."""
 
     __slots__ = ("current", "queue")
@@ -340,8 +341,9 @@ class _Op(Generic[E]):
         self.queue: list[ChildRecord[E]] = []
         """Children still to stop, the next one last."""
 
+    @abc.abstractmethod
     def covers(self, child: ChildRecord[E]) -> bool:
-        raise NotImplementedError
+        """Whether this operation is going to stop *child* (so absorbs its exit)."""
 
 
 class _GroupRestart(_Op[E]):

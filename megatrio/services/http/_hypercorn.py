@@ -27,6 +27,8 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.trio.worker_context import WorkerContext
 from hypercorn.typing import ConnectionState
 
+from ..._util import missing_references
+
 ASGIApp = Callable[..., Awaitable[None]]
 
 REQUIRED: Final = (
@@ -73,20 +75,7 @@ def missing_internals() -> list[str]:
 
     Not a checkpoint; imports only hypercorn modules.
     """
-    missing: list[str] = []
-    for ref in REQUIRED:
-        module_name, _, path = ref.partition(":")
-        try:
-            obj: object = importlib.import_module(module_name)
-        except ImportError:
-            missing.append(ref)
-            continue
-        for part in path.split("."):
-            try:
-                obj = getattr(obj, part)
-            except AttributeError:
-                missing.append(ref)
-                break
+    missing = missing_references(REQUIRED)
     if missing:
         return missing
     try:

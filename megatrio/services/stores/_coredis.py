@@ -39,6 +39,8 @@ from coredis.connection import (
 )
 from coredis.pool import ConnectionPool as _CoredisPool
 
+from ..._util import missing_references
+
 REQUIRED: Final = (
     "coredis.connection:BaseConnection.run",
     "coredis.connection:TCPConnection",
@@ -105,20 +107,7 @@ def missing_internals() -> list[str]:
     """The names of :data:`REQUIRED`, the buffer attributes and the pool wiring this coredis
     lacks, each as a readable reference. Not a checkpoint; opens no connection.
     """
-    missing: list[str] = []
-    for ref in REQUIRED:
-        module_name, _, path = ref.partition(":")
-        try:
-            obj: object = importlib.import_module(module_name)
-        except ImportError:
-            missing.append(ref)
-            continue
-        for part in path.split("."):
-            try:
-                obj = getattr(obj, part)
-            except AttributeError:
-                missing.append(ref)
-                break
+    missing = missing_references(REQUIRED)
     if missing:
         return missing
     try:
