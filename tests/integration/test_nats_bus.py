@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Callable
 
+import anyio
 import pytest
 import trio
 
@@ -217,3 +218,14 @@ async def test_publishes_cross_in_batches_in_order(conn: NatsConnection) -> None
     assert [m.data for m in got] == [str(i).encode() for i in range(2000)]
     assert sub.dropped == 0
     assert bus._outbox.drains < 2000  # the drainer carried several publishes per wake-up
+
+
+async def test_publishing_after_the_connection_closed_fails_every_time(nats: NatsServer) -> None:
+    async with open_nats(nats.url, name="t-bus-closed") as conn:
+        bus = Bus(conn)
+        await bus.publish("x", b"before")
+        await bus.flush()
+    with trio.fail_after(5):
+        for _ in range(3):  # never a hang: nothing is left waiting for a drainer
+            with pytest.raises(anyio.ClosedResourceError, match="NATS connection is closed"):
+                await bus.publish("x", b"after")

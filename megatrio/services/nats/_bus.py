@@ -240,7 +240,13 @@ class _Outbox:
                 return
             self._draining = True
         self.drains += 1
-        self._conn.bridge.call_soon_in_loop(self._start_drain)
+        try:
+            self._conn.bridge.call_soon_in_loop(self._start_drain)
+        except RuntimeError as exc:  # the loop is closed: nothing will ever drain
+            with self._lock:
+                self._draining = False
+            self._items.clear()
+            raise anyio.ClosedResourceError("the NATS connection is closed") from exc
 
     # The methods below run on the connection's loop.
 
