@@ -62,6 +62,75 @@ async def test_result_and_exception_cross_unchanged() -> None:
                 await bridge.run(len, 3)  # type: ignore[arg-type]
 
 
+async def test_concurrent_calls_run_concurrently_and_share_the_wakeups() -> None:
+    arrived = 0
+    all_there: asyncio.Event | None = None
+
+    async def meet(i: int) -> int:
+        # Returns only once every call is on the loop at the same time: no call waits for
+        # another's crossing.
+        nonlocal arrived, all_there
+        if all_there is None:
+            all_there = asyncio.Event()
+        arrived += 1
+        if arrived == 100:
+            all_there.set()
+        await all_there.wait()
+        return i
+
+    answers: dict[int, int] = {}
+
+    async def call(bridge: AsyncioBridge, i: int) -> None:
+        answers[i] = await bridge.run(meet, i)
+
+    async with open_asyncio_bridge() as bridge:
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                for i in range(100):
+                    nursery.start_soon(call, bridge, i)
+        assert answers == {i: i for i in range(100)}
+        assert bridge.loop_wakeups < 25  # a burst of calls wakes the loop once, not per call
+
+
+async def test_one_cancelled_call_among_concurrent_ones_is_the_only_one_cancelled() -> None:
+    release: asyncio.Event | None = None
+    finished: list[str] = []
+
+    async def held(name: str) -> str:
+        nonlocal release
+        if release is None:
+            release = asyncio.Event()
+        try:
+            await release.wait()
+            return name
+        finally:
+            finished.append(name)
+
+    answers: dict[str, str] = {}
+
+    async with open_asyncio_bridge() as bridge:
+
+        async def call(name: str, scope: trio.CancelScope | None = None) -> None:
+            with scope or trio.CancelScope():
+                answers[name] = await bridge.run(held, name)
+
+        victim = trio.CancelScope()
+        with trio.fail_after(10):
+            async with trio.open_nursery() as nursery:
+                for name in ("a", "b", "c"):
+                    nursery.start_soon(call, name, victim if name == "b" else None)
+                # The three calls and the runner's own task.
+                while len(await loop_tasks(bridge)) < 4:  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+                victim.cancel()
+                while "b" not in finished:  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+                assert release is not None
+                bridge.call_soon_in_loop(release.set)
+        assert answers == {"a": "a", "c": "c"}
+        assert sorted(finished) == ["a", "b", "c"]
+
+
 async def test_a_cancelled_run_finishes_its_task_before_raising_cancelled() -> None:
     events: list[str] = []
 

@@ -3,18 +3,14 @@
 The JetStream engine is asyncio-native (nats-py); under trio every call crosses to the bridge's
 loop through :meth:`NatsConnection.run`, whose cancellation is structured (a cancelled call is
 cancelled on the loop and waited for). The driver contract is per batch — one ``fetch`` for the
-free slots, one ``settle`` for the acknowledgements due — so the boundary is crossed once per
-batch, not once per message.
+free slots, one ``settle`` for the acknowledgements due — so the consumer crosses once per
+batch, not once per message; enqueues cross one call each, coalesced by the bridge.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, TypeVar, TypeVarTuple, final
-
-import anyio
-import outcome
 
 from ._driver import DeadLetter, Delivery, JobDriver, JobSettings, Settle
 
@@ -28,36 +24,20 @@ class Runner(Protocol):
     async def run(self, async_fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T: ...
 
 
-class _Enqueue:
-    __slots__ = ("job", "msg_id", "payload", "result")
-
-    def __init__(self, job: str, payload: bytes, msg_id: str | None) -> None:
-        self.job = job
-        self.payload = payload
-        self.msg_id = msg_id
-        self.result: outcome.Outcome[int] | None = None
-
-
 @final
 class BridgedDriver:
     """*engine*'s coroutines run on *conn*'s loop; the caller may be trio or asyncio.
 
-    Concurrent enqueues cross together: the first caller takes every enqueue waiting and
-    crosses once with all of them (published concurrently on the loop, each with its own
-    result), while the others wait; whoever is waiting when a crossing ends takes the next.
-    A crossing is shielded (each publish is bounded by the engine's request timeout), so
-    cancelling one caller never fails the others' enqueues; the cancelled caller's job may
-    still be stored, as with any enqueue whose answer was lost.
+    Every call is one bridged call: concurrent enqueues run concurrently on the loop, each with
+    its own answer, and the bridge coalesces their crossings (a burst of calls wakes the loop
+    once, a burst of answers wakes trio once). A cancelled enqueue is cancelled on the loop and
+    waited for, like any bridged call; its job may still be stored, as with any enqueue whose
+    answer was lost (retry with the same msg id).
     """
 
     def __init__(self, conn: Runner, engine: JobDriver) -> None:
         self._conn = conn
         self._engine = engine
-        self._waiting: list[_Enqueue] = []
-        self._crossing = False
-        self._crossed = anyio.Event()
-        self.crossings = 0
-        """How many enqueue batches crossed (for tests and benchmarks)."""
 
     @property
     def engine(self) -> JobDriver:
@@ -67,33 +47,7 @@ class BridgedDriver:
         await self._conn.run(self._engine.declare, jobs)
 
     async def enqueue(self, job: str, payload: bytes, *, msg_id: str | None = None) -> int:
-        item = _Enqueue(job, payload, msg_id)
-        self._waiting.append(item)
-        while item.result is None:
-            if self._crossing:
-                crossed = self._crossed
-                await crossed.wait()
-                continue
-            await self._cross()
-        return item.result.unwrap()
-
-    async def _cross(self) -> None:
-        batch, self._waiting = self._waiting, []
-        self._crossing = True
-        try:
-            with anyio.CancelScope(shield=True):
-                self.crossings += 1
-                results = await self._conn.run(_enqueue_all, self._engine, batch)
-        except BaseException as exc:
-            results = [outcome.Error(exc if isinstance(exc, Exception) else RuntimeError(exc))]
-            results *= len(batch)
-            raise
-        finally:
-            for item, result in zip(batch, results, strict=False):
-                item.result = result
-            self._crossing = False
-            crossed, self._crossed = self._crossed, anyio.Event()
-            crossed.set()
+        return await self._conn.run(_enqueue, self._engine, job, payload, msg_id)
 
     async def fetch(self, job: str, batch: int, *, timeout_seconds: float) -> list[Delivery]:
         return await self._conn.run(_fetch, self._engine, job, batch, timeout_seconds)
@@ -118,16 +72,8 @@ class BridgedDriver:
 # Keyword arguments do not cross NatsConnection.run (it takes positional ones only).
 
 
-async def _enqueue_all(engine: JobDriver, batch: list[_Enqueue]) -> list[outcome.Outcome[int]]:
-    """On the engine's loop: every enqueue of *batch* at once, each with its own outcome."""
-
-    async def one(item: _Enqueue) -> outcome.Outcome[int]:
-        try:
-            return outcome.Value(await engine.enqueue(item.job, item.payload, msg_id=item.msg_id))
-        except Exception as exc:
-            return outcome.Error(exc)
-
-    return list(await asyncio.gather(*(one(item) for item in batch)))
+async def _enqueue(engine: JobDriver, job: str, payload: bytes, msg_id: str | None) -> int:
+    return await engine.enqueue(job, payload, msg_id=msg_id)
 
 
 async def _fetch(engine: JobDriver, job: str, batch: int, timeout_seconds: float) -> list[Delivery]:

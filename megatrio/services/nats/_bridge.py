@@ -13,6 +13,12 @@ call started is left running behind the trio side's back, exactly as
 runs on the loop, waits for all of it, stops the loop and joins the thread; the trio side waits
 without blocking the trio scheduler.
 
+Crossings coalesce in both directions. Calls made while the loop has not yet picked up the
+previous ones join one wake-up of the loop (a single ``call_soon_threadsafe`` starts them all),
+and results that finish while the trio side has not yet taken the previous ones join one
+wake-up of trio. Concurrent callers therefore never wait for each other — each call is its own
+task on the loop — while a busy bridge pays for one thread wake-up per burst, not per call.
+
 Under asyncio (anyio on its asyncio backend) there is nothing to bridge: the bridge wraps the
 running loop and :meth:`~AsyncioBridge.run` simply awaits the call, with asyncio's own
 cancellation.
@@ -24,6 +30,7 @@ import asyncio
 import contextlib
 import contextvars
 import threading
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Generic, TypeVar, TypeVarTuple, final
 
@@ -45,7 +52,19 @@ class AsyncioBridge(metaclass=NoPublicConstructor):
     Threaded under trio; inline under asyncio (:attr:`threaded` is False: the host's own loop).
     """
 
-    __slots__ = ("_closing", "_loop", "_stop", "_stopped", "_thread", "_token")
+    __slots__ = (
+        "_closing",
+        "_done",
+        "_done_scheduled",
+        "_loop",
+        "_starts",
+        "_starts_scheduled",
+        "_stop",
+        "_stopped",
+        "_thread",
+        "_token",
+        "loop_wakeups",
+    )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, token: trio.lowlevel.TrioToken | None):
         self._loop = loop
@@ -55,6 +74,18 @@ class AsyncioBridge(metaclass=NoPublicConstructor):
         self._stop = asyncio.Event()
         self._stopped = trio.Event() if token is not None else None
         self._thread: threading.Thread | None = None
+        # Two hand-off queues, one per direction, each with a flag that says a drain is
+        # scheduled. Invariant: an item appended before its queue's drain resets the flag is
+        # taken by that drain (the drain resets the flag first, then empties the queue), and
+        # an appender that sees the flag reset schedules the next drain; so no item waits
+        # without a drain on its way. deque append/popleft are atomic across threads.
+        self._starts: deque[tuple[_Call[Any], Callable[..., Awaitable[Any]], tuple[Any, ...]]]
+        self._starts = deque()
+        self._starts_scheduled = False
+        self._done: deque[_Call[Any]] = deque()
+        self._done_scheduled = False
+        self.loop_wakeups = 0
+        """How many times calls woke the loop (a burst of calls wakes it once)."""
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -82,11 +113,16 @@ class AsyncioBridge(metaclass=NoPublicConstructor):
             return await async_fn(*args)
         if self._closing:
             raise anyio.ClosedResourceError("the asyncio bridge is closed")
-        call: _Call[T] = _Call(self, self._token)
-        try:
-            self.call_soon_in_loop(call.start, async_fn, args)
-        except RuntimeError as exc:  # the loop is closed: its thread is gone
-            raise anyio.ClosedResourceError("the asyncio bridge is closed") from exc
+        call: _Call[T] = _Call(self)
+        self._starts.append((call, async_fn, args))
+        if not self._starts_scheduled:
+            self._starts_scheduled = True
+            self.loop_wakeups += 1
+            try:
+                self.call_soon_in_loop(self._start_all)
+            except RuntimeError as exc:  # the loop is closed: its thread is gone
+                self._starts.clear()
+                raise anyio.ClosedResourceError("the asyncio bridge is closed") from exc
         try:
             await call.done.wait()
         except trio.Cancelled:
@@ -122,6 +158,32 @@ class AsyncioBridge(metaclass=NoPublicConstructor):
             return
         with contextlib.suppress(trio.RunFinishedError):
             self._token.run_sync_soon(fn, *args)
+
+    # -- the two hand-offs (trio host only) ----------------------------------------------
+
+    def _start_all(self) -> None:
+        """On the loop: start every call waiting (one wake-up of the loop for all of them)."""
+        self._starts_scheduled = False
+        starts = self._starts
+        while starts:
+            call, async_fn, args = starts.popleft()
+            call.start(async_fn, args)
+
+    def _finished(self, call: _Call[Any]) -> None:
+        """On the loop: hand *call*'s outcome to trio, joining a wake-up already on its way."""
+        self._done.append(call)
+        if not self._done_scheduled:
+            self._done_scheduled = True
+            assert self._token is not None
+            with contextlib.suppress(trio.RunFinishedError):
+                self._token.run_sync_soon(self._wake_all)
+
+    def _wake_all(self) -> None:
+        """In trio: wake every caller whose call finished (one wake-up for all of them)."""
+        self._done_scheduled = False
+        done = self._done
+        while done:
+            done.popleft().done.set()
 
     # -- the loop's life (trio host only) -------------------------------------------------
 
@@ -165,14 +227,13 @@ class AsyncioBridge(metaclass=NoPublicConstructor):
 class _Call(Generic[T]):
     """One run: its asyncio task, and its outcome handed to the trio side."""
 
-    __slots__ = ("_bridge", "_token", "cancel_requested", "done", "result", "task")
+    __slots__ = ("_bridge", "cancel_requested", "done", "result", "task")
 
-    def __init__(self, bridge: AsyncioBridge, token: trio.lowlevel.TrioToken) -> None:
+    def __init__(self, bridge: AsyncioBridge) -> None:
         self._bridge = bridge
-        self._token = token
         self.done = trio.Event()
-        # Written on the loop's thread before done is set through the trio token, read by the
-        # trio side only after done: the token's queue orders the two.
+        # Written on the loop's thread before the call is handed back, read by the trio side
+        # only after done is set by the trio-side drain: the hand-off queue orders the two.
         self.result: outcome.Outcome[T] | None = None
         self.task: asyncio.Future[T] | None = None
         self.cancel_requested = False
@@ -182,6 +243,9 @@ class _Call(Generic[T]):
     def start(self, async_fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> None:
         if self._bridge._closing:
             self._finish(outcome.Error(anyio.ClosedResourceError("the asyncio bridge is closed")))
+            return
+        if self.cancel_requested:  # cancelled before the loop picked it up: never started
+            self._finish(outcome.Error(anyio.ClosedResourceError("cancelled")))
             return
         try:
             self.task = asyncio.ensure_future(async_fn(*args))
@@ -211,8 +275,7 @@ class _Call(Generic[T]):
 
     def _finish(self, result: outcome.Outcome[T]) -> None:
         self.result = result
-        with contextlib.suppress(trio.RunFinishedError):
-            self._token.run_sync_soon(self.done.set)
+        self._bridge._finished(self)
 
 
 @contextlib.asynccontextmanager
