@@ -15,7 +15,9 @@ Rows:
    message, producers calling ``js.publish``.
 2. enqueue latency p50/p99: one producer, one enqueue at a time, 2,000 enqueues.
 3. bus publish -> receive msg/s: one publisher, one subscriber on one subject, N messages.
-4. memory: the consumer process's RSS before and after N jobs (flat = no growth per job).
+4. peer row, end to end only: FastStream's NATS JetStream pull subscriber (batch 64) on
+   asyncio with the broker's own publish (``bench/jobs_faststream.py``).
+5. memory: the consumer process's RSS before and after N jobs (flat = no growth per job).
 
 Every side runs in its own fresh stream; the sides alternate, best of the repetitions.
 """
@@ -191,6 +193,16 @@ def run_megatrio(url: str, count: int, rep: int) -> Result:
     return run(url, count, rep)
 
 
+def run_faststream(url: str, count: int, rep: int) -> Result:
+    from bench.jobs_faststream import run  # FastStream's own JetStream pull subscriber
+
+    return run(url, count, rep)
+
+
+def _or_dash(value: float, fmt: str) -> str:
+    return fmt.format(value) if value else "-"
+
+
 def report(results: dict[str, list[Result]], count: int) -> None:
     def best(side: str, attr: str, high: bool = True) -> float:
         values = [getattr(r, attr) for r in results[side]]
@@ -203,9 +215,9 @@ def report(results: dict[str, list[Result]], count: int) -> None:
             [
                 side,
                 f"{best(side, 'jobs_per_s'):,.0f}",
-                f"{best(side, 'enqueue_p50_us', False):,.0f} us",
-                f"{best(side, 'enqueue_p99_us', False):,.0f} us",
-                f"{best(side, 'bus_msgs_per_s'):,.0f}",
+                _or_dash(best(side, "enqueue_p50_us", False), "{:,.0f} us"),
+                _or_dash(best(side, "enqueue_p99_us", False), "{:,.0f} us"),
+                _or_dash(best(side, "bus_msgs_per_s"), "{:,.0f}"),
                 f"{int(best(side, 'rss_growth_kib', False)):,} KiB",
             ]
         )
@@ -227,6 +239,9 @@ def report(results: dict[str, list[Result]], count: int) -> None:
         ratio = best("megatrio", "jobs_per_s") / best("bare nats-py (asyncio)", "jobs_per_s")
         verdict = "PASS" if ratio >= TARGET else "FAIL"
         print(f"\nmegatrio / bare nats-py jobs/s = {ratio:.3f} (target >= {TARGET}): {verdict}")
+    if "FastStream (asyncio)" in results:
+        peer = best("megatrio", "jobs_per_s") / best("FastStream (asyncio)", "jobs_per_s")
+        print(f"megatrio / FastStream jobs/s = {peer:.3f} (peer row, no target)")
 
 
 def main(argv: list[str]) -> int:
@@ -245,6 +260,7 @@ def main(argv: list[str]) -> int:
     sides: dict[str, Side] = {"bare nats-py (asyncio)": run_bare}
     if not args.bare_only:
         sides["megatrio"] = run_megatrio
+        sides["FastStream (asyncio)"] = run_faststream
     results: dict[str, list[Result]] = {side: [] for side in sides}
     with tempfile.TemporaryDirectory() as tmp:
         server = NatsServer(Path(tmp) / "nats")
