@@ -2,7 +2,9 @@
 processes sharing one root, cancellation, and the cleaner as a supervised child.
 
 Expiry uses an injected wall clock (:class:`FakeClock`); the cleaner's schedule uses trio's
-autojump ``MockClock``, so no test sleeps in real time.
+autojump ``MockClock``, so no test sleeps in real time. Tests with no timer at all run on the
+real clock: the autojump clock counts a worker thread's file work as idle and spins the run
+loop meanwhile, which made those tests CPU-bound for tens of seconds on a slow machine.
 """
 
 from __future__ import annotations
@@ -208,6 +210,7 @@ async def test_concurrent_writes_never_exceed_the_caps(root: Path, clock: FakeCl
     assert driver.drops == {"capacity": 17}
 
 
+@pytest.mark.parametrize("anyio_backend", ["trio"])  # no timers: the real clock
 async def test_expiry_heap_stays_proportional_to_the_entries(root: Path, clock: FakeClock) -> None:
     driver = FileCache(root, clock=clock)
     for i in range(300):
@@ -463,6 +466,7 @@ async def test_sweep_keeps_a_fresh_entry_another_process_rewrote(
     assert await b.get(full("k")) == b"v2"
 
 
+@pytest.mark.parametrize("anyio_backend", ["trio"])  # no timers: the real clock
 async def test_reopen_keeps_entries_and_starts_lru_in_write_order(
     root: Path, clock: FakeClock
 ) -> None:
@@ -492,6 +496,7 @@ async def test_a_file_removed_behind_the_index_is_a_plain_miss(
     assert driver.total_bytes == 0
 
 
+@pytest.mark.parametrize("anyio_backend", ["trio"])  # no timers: the real clock
 async def test_concurrent_rescans_forget_nothing_that_exists(root: Path, clock: FakeClock) -> None:
     write_entries(root, [f"k{i}" for i in range(300)], math.inf)
     driver = FileCache(root, clock=clock)
@@ -520,6 +525,7 @@ async def test_rescan_ignores_files_that_are_not_entries(root: Path, clock: Fake
 # -- cleaning -------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("anyio_backend", ["trio"])  # no timers: the real clock
 async def test_sweep_touches_only_the_due_entries(
     root: Path, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
