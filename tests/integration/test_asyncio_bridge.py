@@ -10,8 +10,10 @@ import concurrent.futures
 import contextlib
 import threading
 import time
+from collections.abc import Callable
 
 import anyio
+import outcome
 import pytest
 import sniffio
 import trio
@@ -286,3 +288,139 @@ async def test_under_asyncio_run_is_a_plain_await_on_the_running_loop() -> None:
             assert scope.cancelled_caught
             assert events == ["finally"]
         assert bridge_threads() == []
+
+
+class Operation:
+    """A callback operation held open on the loop until answered, recording what happened."""
+
+    def __init__(self, bridge: AsyncioBridge | None = None) -> None:
+        self.bridge = bridge
+        self.events: list[str] = []
+        self.done: Callable[[outcome.Outcome[int]], None] | None = None
+        self.started = trio.Event()
+
+    def start(self, done: Callable[[outcome.Outcome[int]], None], value: int) -> Callable[[], None]:
+        self.events.append(f"start {value} on {threading.current_thread().name}")
+        self.done = done
+        if self.bridge is not None:
+            self.bridge.call_soon_in_host(self.started.set)
+        return lambda: self.events.append("stopped")
+
+    def answer(self, result: outcome.Outcome[int]) -> None:
+        assert self.done is not None
+        self.done(result)
+
+
+async def test_a_callback_operation_answers_with_a_value_or_what_start_raised() -> None:
+    def at_once(done: Callable[[outcome.Outcome[int]], None], value: int) -> Callable[[], None]:
+        done(outcome.Value(value * 2))
+        done(outcome.Value(-1))  # a second answer is ignored
+        return lambda: None
+
+    def refuse(done: Callable[[outcome.Outcome[int]], None], value: int) -> Callable[[], None]:
+        raise Boom(f"refused {value}")
+
+    with trio.fail_after(10):
+        async with open_asyncio_bridge() as bridge:
+            assert await bridge.run_callback(at_once, 21) == 42
+            with pytest.raises(Boom, match="refused 3"):
+                await bridge.run_callback(refuse, 3)
+            assert bridge._live == set()
+
+
+async def test_a_callback_operation_answers_its_error_to_its_caller() -> None:
+    with trio.fail_after(10):
+        async with open_asyncio_bridge() as bridge:
+            op = Operation(bridge)
+            errors: list[BaseException] = []
+
+            async def call() -> None:
+                try:
+                    await bridge.run_callback(op.start, 7)
+                except Boom as exc:
+                    errors.append(exc)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(call)
+                await op.started.wait()
+                bridge.call_soon_in_loop(op.answer, outcome.Error(Boom("late")))
+            assert [str(e) for e in errors] == ["late"]
+            assert op.events == ["start 7 on megatrio-asyncio-bridge"]
+            assert bridge._live == set()
+
+
+async def test_a_cancelled_callback_operation_is_stopped_before_cancelled_is_raised() -> None:
+    with trio.fail_after(10):
+        async with open_asyncio_bridge() as bridge:
+            op = Operation(bridge)
+            with trio.CancelScope() as scope:
+                async with trio.open_nursery() as nursery:
+
+                    async def cancel_once_started() -> None:
+                        await op.started.wait()
+                        scope.cancel()
+
+                    nursery.start_soon(cancel_once_started)
+                    try:
+                        await bridge.run_callback(op.start, 1)
+                    except trio.Cancelled:
+                        op.events.append("trio saw Cancelled")
+                        raise
+            assert scope.cancelled_caught
+            assert op.events[1:] == ["stopped", "trio saw Cancelled"]
+            # An answer after the stop goes nowhere.
+            bridge.call_soon_in_loop(op.answer, outcome.Value(5))
+            assert await bridge.run(asyncio.sleep, 0, "flushed") == "flushed"
+            assert bridge._live == set()
+
+
+async def test_a_callback_operation_cancelled_before_the_loop_took_it_never_starts() -> None:
+    op = Operation()
+    with trio.fail_after(10):
+        async with open_asyncio_bridge() as bridge:
+            # The loop is busy while the call is queued and cancelled at its first wait.
+            bridge.call_soon_in_loop(time.sleep, 0.3)
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await bridge.run_callback(op.start, 1)
+            assert scope.cancelled_caught
+            assert await bridge.run(asyncio.sleep, 0, "x") == "x"
+    assert op.events == []
+
+
+async def test_closing_stops_callback_operations_and_fails_their_callers() -> None:
+    errors: list[BaseException] = []
+    with trio.fail_after(10):
+        async with trio.open_nursery() as nursery, open_asyncio_bridge() as bridge:
+            op = Operation(bridge)
+
+            async def call() -> None:
+                try:
+                    await bridge.run_callback(op.start, 1)
+                except anyio.ClosedResourceError as exc:
+                    errors.append(exc)
+
+            nursery.start_soon(call)
+            await op.started.wait()
+        assert op.events[1:] == ["stopped"]
+        assert [str(e) for e in errors] == ["the asyncio bridge closed while the call ran"]
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_under_asyncio_a_callback_operation_runs_inline() -> None:
+    with anyio.fail_after(10):
+        async with open_asyncio_bridge() as bridge:
+            op = Operation()
+
+            async def answer_soon() -> None:
+                await asyncio.sleep(0.01)
+                op.answer(outcome.Value(3))
+
+            task = asyncio.get_running_loop().create_task(answer_soon())
+            assert await bridge.run_callback(op.start, 2) == 3
+            await task
+            assert op.events == ["start 2 on MainThread"]
+            with anyio.move_on_after(0.05) as scope:
+                await bridge.run_callback(op.start, 4)
+            assert scope.cancelled_caught
+            assert op.events[-1] == "stopped"

@@ -3,6 +3,7 @@ run concurrently with coalesced crossings, and one caller's failure is its own."
 
 from __future__ import annotations
 
+import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -83,3 +84,31 @@ async def test_a_failing_enqueue_fails_only_its_caller(driver: BridgedDriver) ->
     assert isinstance(outcomes["nope"], LookupError)
     assert "nope" in str(outcomes["nope"])
     assert isinstance(outcomes["work"], int)
+
+
+async def test_a_cancelled_enqueue_is_stopped_on_the_loop_and_nothing_waits(
+    driver: BridgedDriver, nats: NatsServer
+) -> None:
+    bridge = driver_bridge(driver)
+    engine = driver.engine
+    assert isinstance(engine, JetStreamDriver)
+    assert nats.proc is not None
+    nats.proc.send_signal(signal.SIGSTOP)  # connected and silent: no acknowledgement comes
+    try:
+        with trio.fail_after(5):
+            with trio.move_on_after(0.2) as scope:
+                async with trio.open_nursery() as nursery:
+                    for i in range(20):
+                        nursery.start_soon(driver.enqueue, "work", b"%d" % i)
+            assert scope.cancelled_caught
+        # Cancelled was raised only once the loop had stopped every one of them.
+        assert bridge._live == set()
+        assert await driver._conn.run(_waiting, engine) == 0
+    finally:
+        nats.proc.send_signal(signal.SIGCONT)
+    with trio.fail_after(10):
+        assert await driver.enqueue("work", b"after") >= 1
+
+
+async def _waiting(engine: JetStreamDriver) -> int:
+    return engine._pubacks.waiting

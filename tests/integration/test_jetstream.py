@@ -9,7 +9,7 @@ import json
 import signal
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +17,12 @@ import anyio
 import nats
 import nats.js.errors
 import pytest
+from nats import errors as nats_errors
 from nats.aio.client import Client
+from nats.aio.msg import Msg
 
 from megatrio.services.jobs._driver import DeadLetter, JobSettings, Settle
-from megatrio.services.jobs._jetstream import JetStreamDriver, backoff_for
+from megatrio.services.jobs._jetstream import JetStreamDriver, ack_reply_fields, backoff_for
 from megatrio.services.stores._redis import BackendUnavailable
 
 from ..servers import NatsServer, start_nats_cluster, wait_meta_leader
@@ -105,6 +107,29 @@ def test_backoff_is_ack_wait_plus_each_retry_delay() -> None:
     steps = backoff_for(many)
     assert steps == [2, 3, 4]
     assert len(steps) < many.max_deliver  # JetStream's rule
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "$JS.ACK.MEGATRIO_APP_JOBS.app_a.3.1042.77.1764700000123456789.5",
+        "$JS.ACK._.HASH.MEGATRIO_APP_JOBS.app_a.3.1042.77.1764700000123456789.5",
+        "$JS.ACK.dom.HASH.MEGATRIO_APP_JOBS.app_a.3.1042.77.1764700000123456789.5.xyz",
+    ],
+)
+def test_delivery_fields_are_read_off_the_reply_subject_as_nats_py_reads_them(reply: str) -> None:
+    msg = Msg(_client=None, subject="megatrio.app.jobs.a", reply=reply)  # type: ignore[arg-type]
+    delivery, sequence, stored_at = ack_reply_fields(msg)
+    meta = msg.metadata
+    assert (delivery, sequence) == (meta.num_delivered, meta.sequence.stream) == (3, 1042)
+    assert stored_at == pytest.approx(meta.timestamp.timestamp(), abs=1e-6)
+
+
+@pytest.mark.parametrize("reply", ["", "_INBOX.abc.1", "$JS.API.CONSUMER.1.2.3.4.5.6", "$JS.ACK.x"])
+def test_a_message_that_is_no_delivery_is_refused(reply: str) -> None:
+    msg = Msg(_client=None, subject="s", reply=reply)  # type: ignore[arg-type]
+    with pytest.raises(nats_errors.NotJSMessageError):
+        ack_reply_fields(msg)
 
 
 async def test_bad_names_are_refused_by_name(nats: NatsServer) -> None:
@@ -373,6 +398,84 @@ async def test_a_deleted_stream_is_named(nats: NatsServer) -> None:
         await driver._nc.jetstream().delete_stream(driver.stream)
         with pytest.raises(RuntimeError, match="job stream MEGATRIO_APP_JOBS does not exist"):
             await driver.enqueue("a", b"x")
+
+
+@contextlib.contextmanager
+def frozen(server: NatsServer) -> Iterator[None]:
+    """The server stopped with SIGSTOP for the block: connected, silent."""
+    assert server.proc is not None
+    server.proc.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        server.proc.send_signal(signal.SIGCONT)
+
+
+async def test_enqueues_to_a_frozen_server_time_out_together_and_it_recovers(
+    nats: NatsServer,
+) -> None:
+    async with open_driver(nats.url, request_timeout_seconds=0.5) as driver:
+        await driver.declare([JobSettings("a")])
+        first = await driver.enqueue("a", b"before")
+        errors: list[BaseException] = []
+
+        async def enqueue(i: int) -> None:
+            try:
+                await driver.enqueue("a", b"%d" % i)
+            except BackendUnavailable as exc:
+                errors.append(exc)
+
+        with frozen(nats):
+            began = time.monotonic()
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as tg:
+                    for i in range(50):
+                        tg.start_soon(enqueue, i)
+            waited = time.monotonic() - began
+            assert driver._pubacks.waiting == 0
+        assert len(errors) == 50
+        assert 0.4 < waited < 2.0  # one patience for all of them, not 50 in a row
+        assert "enqueue 'a'" in str(errors[0])
+        assert isinstance(errors[0].__cause__, nats_errors.TimeoutError)
+        # Back: the late acknowledgements of the timed-out ones are ignored, new ones answer.
+        with anyio.fail_after(10):
+            assert await driver.enqueue("a", b"after") > first
+        assert driver._pubacks.waiting == 0
+
+
+async def test_a_cancelled_enqueue_is_stopped_and_nothing_waits_for_its_answer(
+    nats: NatsServer,
+) -> None:
+    async with open_driver(nats.url, request_timeout_seconds=30) as driver:
+        await driver.declare([JobSettings("a")])
+        with frozen(nats):
+            with anyio.move_on_after(0.2) as scope:
+                await driver.enqueue("a", b"x")
+            assert scope.cancelled_caught
+            assert driver._pubacks.waiting == 0
+            # Closing the driver answers what still waits: unavailable, not a hang.
+            outcome: list[BaseException] = []
+
+            async def enqueue() -> None:
+                try:
+                    await driver.enqueue("a", b"y")
+                except BackendUnavailable as exc:
+                    outcome.append(exc)
+
+            with anyio.fail_after(5):
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(enqueue)
+                    await wait_until(_async(lambda: driver._pubacks.waiting == 1), 5, 0.01)
+                    await driver._pubacks.aclose()
+            assert len(outcome) == 1
+            assert isinstance(outcome[0].__cause__, nats_errors.ConnectionClosedError)
+
+
+def _async(predicate: Any) -> Any:
+    async def check() -> bool:
+        return bool(predicate())
+
+    return check
 
 
 async def test_a_restart_loses_nothing(nats: NatsServer) -> None:

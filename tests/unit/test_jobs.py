@@ -215,6 +215,34 @@ async def test_concurrency_is_never_exceeded_and_fetches_never_ask_beyond_free_s
     assert len(driver.settles) < sum(len(b) for b in driver.settles)
 
 
+async def test_a_blocked_handler_never_holds_up_the_deliveries_fetched_with_it() -> None:
+    driver = RecordingDriver()
+    finished: dict[int, float] = {}
+
+    async def handler(payload: Any) -> None:
+        await trio.sleep(payload)
+        finished[payload] = trio.current_time()
+
+    async with consuming(driver, handler, concurrency=4) as (jobs, sup):
+        t0 = trio.current_time()
+        # One fetch brings all four: the first blocks for long, the rest must not wait.
+        for delay in (100, 0, 1, 2):
+            await jobs.enqueue("work", delay)
+        await trio.sleep(3)
+        assert {d: round(t - t0, 6) for d, t in finished.items()} == {0: 0, 1: 1, 2: 2}
+        # Workers are kept for the next batches: never more than the slots.
+        for delay in (0, 0, 0):
+            await jobs.enqueue("work", delay)
+        await trio.sleep(1)
+        assert consumer_info(sup)["acked"] == 6
+        await trio.sleep(100)
+        assert consumer_info(sup)["acked"] == 7
+        # Stopped while idle, the parked workers return at once: no wait for the grace.
+        t1 = trio.current_time()
+        await sup.stop_child("work")
+        assert trio.current_time() - t1 == 0
+
+
 async def test_a_graceful_stop_finishes_or_releases_in_flight_jobs_none_lost_none_acked_twice() -> (
     None
 ):

@@ -10,8 +10,9 @@ batch, not once per message; enqueues cross one call each, coalesced by the brid
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Protocol, TypeVar, TypeVarTuple, final
+from typing import Protocol, TypeVar, TypeVarTuple, final, runtime_checkable
 
+from ..nats._bridge import Cancel, Done
 from ._driver import DeadLetter, Delivery, JobDriver, JobSettings, Settle
 
 T = TypeVar("T")
@@ -19,9 +20,21 @@ Ts = TypeVarTuple("Ts")
 
 
 class Runner(Protocol):
-    """What runs a coroutine function on the engine's loop (a ``NatsConnection``)."""
+    """What runs a coroutine function, or a callback operation, on the engine's loop (a
+    ``NatsConnection``)."""
 
     async def run(self, async_fn: Callable[[*Ts], Awaitable[T]], *args: *Ts) -> T: ...
+
+    async def run_callback(self, start: Callable[[Done[T], *Ts], Cancel], *args: *Ts) -> T: ...
+
+
+@runtime_checkable
+class StartsEnqueues(Protocol):
+    """An engine whose enqueue is also a callback operation (``JetStreamDriver``)."""
+
+    def start_enqueue(
+        self, done: Done[int], job: str, payload: bytes, msg_id: str | None
+    ) -> Cancel: ...
 
 
 @final
@@ -30,14 +43,16 @@ class BridgedDriver:
 
     Every call is one bridged call: concurrent enqueues run concurrently on the loop, each with
     its own answer, and the bridge coalesces their crossings (a burst of calls wakes the loop
-    once, a burst of answers wakes trio once). A cancelled enqueue is cancelled on the loop and
-    waited for, like any bridged call; its job may still be stored, as with any enqueue whose
-    answer was lost (retry with the same msg id).
+    once, a burst of answers wakes trio once). An engine that :class:`StartsEnqueues` gets its
+    enqueues as callback operations, with no task of their own on the loop. A cancelled
+    enqueue is stopped on the loop and waited for, like any bridged call; its job may still be
+    stored, as with any enqueue whose answer was lost (retry with the same msg id).
     """
 
     def __init__(self, conn: Runner, engine: JobDriver) -> None:
         self._conn = conn
         self._engine = engine
+        self._starter = engine if isinstance(engine, StartsEnqueues) else None
 
     @property
     def engine(self) -> JobDriver:
@@ -47,6 +62,8 @@ class BridgedDriver:
         await self._conn.run(self._engine.declare, jobs)
 
     async def enqueue(self, job: str, payload: bytes, *, msg_id: str | None = None) -> int:
+        if self._starter is not None:
+            return await self._conn.run_callback(self._starter.start_enqueue, job, payload, msg_id)
         return await self._conn.run(_enqueue, self._engine, job, payload, msg_id)
 
     async def fetch(self, job: str, batch: int, *, timeout_seconds: float) -> list[Delivery]:

@@ -29,8 +29,11 @@ class Codec(Protocol):
 class JsonCodec:
     """Compact UTF-8 JSON. ``NaN`` and infinities are refused (they are not JSON)."""
 
+    # One encoder for every call: json.dumps builds a new one whenever it gets options.
+    _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
     def encode(self, obj: Any) -> bytes:
-        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+        return self._encoder.encode(obj).encode()
 
     def decode(self, data: bytes) -> Any:
         # UnicodeDecodeError and JSONDecodeError are both ValueErrors.

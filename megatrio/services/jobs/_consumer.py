@@ -1,9 +1,9 @@
 """The job consumer: one supervised child per job, on any :class:`JobDriver`.
 
 A consumer fetches at most as many deliveries as it has free handler slots (and fetches again
-once half of them are free, or it is idle), runs each handler in a task of its own, with an
-in-progress heartbeat that lasts exactly as long as the handler runs (one heartbeat task
-serves every delivery in progress), and
+once half of them are free, or it is idle), runs each handler on one of at most *concurrency*
+worker tasks, with an in-progress heartbeat that lasts exactly as long as
+the handler runs (one heartbeat task serves every delivery in progress), and
 settles every delivery exactly once according to the sans-IO decision
 (:func:`megatrio._policy._jobs.decide`): ack after the handler returned, nak with the table's
 delay after a retryable error, dead-letter then term for poison. Settles are sent in batches
@@ -14,14 +14,21 @@ A handler's failure is the message's business, never the consumer's: it is logge
 (redacted) and decided upon; it never ends the child. Only the engine failing (``fetch``,
 ``settle`` raising) ends it, for its supervisor to restart.
 
+Workers are spawned on demand and kept: a task per delivery cost more than the rest of a
+trivial job. Invariant: while a fetched delivery waits to start, a worker that is not running a
+handler is awake and will take it, so a blocked handler never holds up the deliveries behind
+it; a worker whose handlers never block handles a whole batch without a task switch.
+
 Stopping (``current_child().stopping``): the fetch in progress is cancelled at once and no
-other is made; in-flight handlers run on within the child's shutdown grace; whatever is still
+other is made; deliveries fetched but not yet started are released at once (nak'd without
+delay); in-flight handlers run on within the child's shutdown grace; whatever is still
 unfinished when the grace ends is cancelled and nak'd without delay (another worker takes it
 at once), in one shielded settle bounded by :data:`CLEANUP_SECONDS`.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import heapq
 import logging
@@ -120,6 +127,12 @@ class _Consumer:
         self.beats: list[tuple[float, int, int]] = []
         """Heap of (due, token, beat number); entries of finished handlers are skipped."""
         self.beat_wake = anyio.Event()
+        self.queued: collections.deque[tuple[int, Delivery]] = collections.deque()
+        """Fetched deliveries waiting for a worker (their tokens are in `unsettled`)."""
+        self.workers = 0
+        self.free_awake = 0
+        """Workers not in a handler and not parked: each takes from `queued` before parking."""
+        self.parked: collections.deque[anyio.Event] = collections.deque()
         self.counts = {"acked": 0, "retried": 0, "termed": 0, "dead_lettered": 0, "released": 0}
 
     # -- the loop -------------------------------------------------------------------------------
@@ -162,19 +175,63 @@ class _Consumer:
             for delivery in deliveries:
                 self.tokens += 1
                 self.unsettled[self.tokens] = delivery
-                if self.stop_requested:
-                    # Came back as the stop arrived: release it at once, unstarted.
-                    self._release(self.tokens)
-                    self.slots.release()
-                else:
-                    handlers.start_soon(self._handle, self.tokens, delivery)
+                self.queued.append((self.tokens, delivery))
+            if self.stop_requested:
+                # Came back as the stop arrived: released at once, unstarted.
+                self._release_queued()
+            else:
+                self._wake_worker(handlers)
             self._annotate()
+        self._release_queued()
+        # Parked workers see the stop and return; busy ones return after their handler.
+        while self.parked:
+            self.free_awake += 1
+            self.parked.popleft().set()
 
     async def _watch_stop(self, ctx: ChildContext) -> None:
         await ctx.wait_stopping()
         self.stop_requested = True
         if self.fetch_scope is not None:
             self.fetch_scope.cancel()
+        self._release_queued()
+
+    # -- workers --------------------------------------------------------------------------------
+
+    def _wake_worker(self, handlers: anyio.abc.TaskGroup) -> None:
+        """Keep the invariant (module docstring): a delivery is queued, so make sure a free
+        worker is awake — one parked, or a new one while there are fewer than the slots.
+        There is always room for one: every queued delivery holds a slot, so busy workers
+        are fewer than the slots."""
+        if not self.queued or self.free_awake:
+            return
+        self.free_awake += 1
+        if self.parked:
+            self.parked.popleft().set()
+        else:
+            self.workers += 1
+            handlers.start_soon(self._worker, handlers)
+
+    async def _worker(self, handlers: anyio.abc.TaskGroup) -> None:
+        # Counted in free_awake by whoever woke or spawned it.
+        while True:
+            while self.queued:
+                token, delivery = self.queued.popleft()
+                self.free_awake -= 1
+                self._wake_worker(handlers)  # more may wait behind this one
+                await self._handle(token, delivery)
+                self.free_awake += 1
+            self.free_awake -= 1
+            if self.stop_requested:
+                return
+            wake = anyio.Event()
+            self.parked.append(wake)
+            await wake.wait()  # the waker counted this worker in free_awake again
+
+    def _release_queued(self) -> None:
+        while self.queued:
+            token, _ = self.queued.popleft()
+            self._release(token)
+            self.slots.release()
         self.slot_freed.set()
 
     # -- one delivery ---------------------------------------------------------------------------

@@ -58,14 +58,17 @@ from typing import NoReturn
 import attrs
 import nats.errors
 import nats.js.errors
+import outcome
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.js import api
 
 from ..._exceptions import BackendUnavailable
 from ...nursery._errors import describe
+from ..nats._bridge import Cancel, Done, await_callback
 from ._advisories import AdvisoryListener, is_unavailable, publish_dead_letter
 from ._driver import DeadLetter, Delivery, JobSettings, Settle, check_job_name
+from ._pubacks import PubAcks
 
 log = logging.getLogger("megatrio.jobs")
 
@@ -73,6 +76,7 @@ _TOKEN = re.compile(r"[A-Za-z0-9_-]+\Z")
 _MAX_NAMESPACE = 64
 _DEFAULT_MAX_ACK_PENDING = 1000
 _STATUS = "Status"
+_EXPECTED_STREAM = "Nats-Expected-Stream"
 _HEARTBEAT = "100"
 _DELETE_FAILED = 10057
 
@@ -118,6 +122,35 @@ def _check_settings(settings: JobSettings) -> None:
         )
     if any(not delay >= 0 for delay in settings.retry_delays):
         raise ValueError(f"job {name!r}: retry_delays must be >= 0, got {settings.retry_delays}")
+
+
+# Where the delivery count, stream sequence and timestamp (ns) sit in a JetStream message's
+# reply subject: $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>, or with
+# <domain>.<account hash> after $JS.ACK (11 tokens, 12 with a trailing random token).
+_V1_TOKENS = 9
+_V1_FIELDS = (4, 5, 7)
+_V2_FIELDS = (6, 7, 9)
+
+
+def ack_reply_fields(msg: Msg) -> tuple[int, int, float]:
+    """The delivery count, stream sequence and stored-at time (epoch seconds) of JetStream
+    message *msg*, from its reply subject: what ``msg.metadata`` gives, without the objects
+    and the datetime it builds for every message.
+
+    Raises:
+        nats.errors.NotJSMessageError: *msg* is no JetStream delivery.
+    """
+    tokens = (msg.reply or "").split(".")
+    count = len(tokens)
+    if count == _V1_TOKENS:
+        delivered, sequence, stamp = _V1_FIELDS
+    elif count >= _V1_TOKENS + 2:
+        delivered, sequence, stamp = _V2_FIELDS
+    else:
+        raise nats.errors.NotJSMessageError
+    if tokens[0] != "$JS" or tokens[1] != "ACK":
+        raise nats.errors.NotJSMessageError
+    return int(tokens[delivered]), int(tokens[sequence]), int(tokens[stamp]) / 1e9
 
 
 def redacted_url(nc: Client) -> str:
@@ -174,6 +207,8 @@ class JetStreamDriver:
         self._dedup_window = dedup_window_seconds
         self._jobs: dict[str, JobSettings] = {}
         self._consumers: dict[str, str] = {}
+        self._subjects: dict[str, str] = {}  # of the declared jobs, so enqueues check nothing
+        self._pubacks = PubAcks(nc, timeout_seconds=request_timeout_seconds)
         self._advisories = AdvisoryListener(
             nc,
             self._js,
@@ -274,6 +309,7 @@ class JetStreamDriver:
             raise
         self._jobs.update({s.name: s for s in jobs})
         self._consumers.update(consumers)
+        self._subjects.update({job: self.subject(job) for job in consumers})
 
     async def _ensure_stream(self, config: api.StreamConfig) -> None:
         assert config.name is not None
@@ -328,24 +364,72 @@ class JetStreamDriver:
         """Publish *payload* for *job*; its job-stream sequence (the first one's for a
         duplicate *msg_id*). One that raised BackendUnavailable may still be stored (the
         client sends it after a reconnect): retry with the same *msg_id*."""
-        self._declared(job)
-        headers = {"Nats-Msg-Id": msg_id} if msg_id else None
+        return await await_callback(self.start_enqueue, job, payload, msg_id)
+
+    def start_enqueue(
+        self, done: Done[int], job: str, payload: bytes, msg_id: str | None
+    ) -> Cancel:
+        """:meth:`enqueue` as a callback operation (``AsyncioBridge.run_callback``): *done*
+        gets the outcome; the callable returned stops it. On the loop's thread.
+
+        Publishes wait for their acknowledgements together (:mod:`._pubacks`): no task,
+        future or timer of their own.
+
+        Raises:
+            LookupError: *job* was not declared.
+        """
+        subject = self._subjects.get(job)
+        if subject is None:
+            self._declared(job)  # raises LookupError
+            raise AssertionError(job)
+        headers = {_EXPECTED_STREAM: self.stream}
+        if msg_id:
+            headers["Nats-Msg-Id"] = msg_id
+        explaining: list[asyncio.Task[NoReturn]] = []
+
+        def answered(result: outcome.Outcome[int]) -> None:
+            if not isinstance(result, outcome.Error):
+                done(result)
+                return
+            exc = result.error
+            if isinstance(exc, nats.js.errors.NoStreamResponseError):
+                # Rare, and telling "no stream" from "no server" takes another request.
+                task = asyncio.get_running_loop().create_task(
+                    self._no_stream(f"enqueue {job!r}", exc)
+                )
+                explaining.append(task)
+                task.add_done_callback(explained)
+                return
+            done(outcome.Error(self._mapped(f"enqueue {job!r}", exc)))
+
+        def explained(task: asyncio.Task[NoReturn]) -> None:
+            if not task.cancelled():  # cancelled by the stop: the stop answers the caller
+                exc = task.exception()
+                assert exc is not None
+                done(outcome.Error(exc))
+
+        stop = self._pubacks.submit(subject, payload, headers, answered)
+
+        def cancel() -> None:
+            stop()
+            for task in explaining:
+                task.cancel()
+
+        return cancel
+
+    async def _no_stream(self, what: str, exc: BaseException) -> NoReturn:
+        await self._raise_if_stream_missing(exc)
+        self._unavailable(what, exc)
+
+    def _mapped(self, what: str, exc: BaseException) -> BaseException:
+        """*exc* as the caller sees it: BackendUnavailable (caused by it) when it means NATS
+        cannot serve now, else itself."""
+        if not is_unavailable(exc):
+            return exc
         try:
-            ack = await self._js.publish(
-                self.subject(job),
-                payload,
-                timeout=self._timeout,
-                stream=self.stream,
-                headers=headers,
-            )
-        except nats.js.errors.NoStreamResponseError as exc:
-            await self._raise_if_stream_missing(exc)
-            self._unavailable(f"enqueue {job!r}", exc)
-        except Exception as exc:
-            if is_unavailable(exc):
-                self._unavailable(f"enqueue {job!r}", exc)
-            raise
-        return ack.seq
+            self._unavailable(what, exc)
+        except BackendUnavailable as mapped:
+            return mapped
 
     async def _raise_if_stream_missing(self, exc: BaseException) -> None:
         try:
@@ -395,11 +479,17 @@ class JetStreamDriver:
                 reply=sub.subject,
             )
             while len(deliveries) < batch:
-                try:
-                    async with asyncio.timeout_at(deadline):
-                        msg = await arrived.get()
-                except TimeoutError:
-                    break
+                if arrived.empty():
+                    # A timeout context only when there is something to wait for: messages
+                    # of a batch mostly arrive together, and one per message cost more than
+                    # the rest of the loop.
+                    try:
+                        async with asyncio.timeout_at(deadline):
+                            msg = await arrived.get()
+                    except TimeoutError:
+                        break
+                else:
+                    msg = arrived.get_nowait()
                 status = msg.headers.get(_STATUS) if msg.headers else None
                 if status is None:
                     deliveries.append(self._delivery(job, msg))
@@ -433,14 +523,14 @@ class JetStreamDriver:
 
     @staticmethod
     def _delivery(job: str, msg: Msg) -> Delivery:
-        meta = msg.metadata
+        delivery, sequence, enqueued_at = ack_reply_fields(msg)
         return Delivery(
             job=job,
             payload=msg.data,
-            delivery=meta.num_delivered,
-            sequence=meta.sequence.stream,
+            delivery=delivery,
+            sequence=sequence,
             msg_id=msg.headers.get("Nats-Msg-Id") if msg.headers else None,
-            enqueued_at=meta.timestamp.timestamp(),
+            enqueued_at=enqueued_at,
             handle=msg,
         )
 
@@ -550,6 +640,8 @@ class JetStreamDriver:
         return self._advisories.handled
 
     async def aclose(self) -> None:
-        """Stop :meth:`run_advisories` and wait until it has returned. Fetches leave nothing
-        behind; the connection is the caller's to close."""
+        """Stop :meth:`run_advisories` and wait until it has returned; fail enqueues still
+        waiting for their acknowledgement. Fetches leave nothing behind; the connection is the
+        caller's to close."""
+        await self._pubacks.aclose()
         await self._advisories.stop()

@@ -19,6 +19,11 @@ and results that finish while the trio side has not yet taken the previous ones 
 wake-up of trio. Concurrent callers therefore never wait for each other — each call is its own
 task on the loop — while a busy bridge pays for one thread wake-up per burst, not per call.
 
+:meth:`AsyncioBridge.run_callback` is the same crossing for an operation that needs no task of
+its own on the loop: a plain function starts it there and it reports its outcome through a
+callback (a publish waiting for its acknowledgement, say). A task per call cost more than such
+an operation itself.
+
 Under asyncio (anyio on its asyncio backend) there is nothing to bridge: the bridge wraps the
 running loop and :meth:`~AsyncioBridge.run` simply awaits the call, with asyncio's own
 cancellation.
@@ -44,6 +49,12 @@ from ..._util import NoPublicConstructor
 T = TypeVar("T")
 Ts = TypeVarTuple("Ts")
 
+Done = Callable[[outcome.Outcome[T]], None]
+"""How a callback operation reports its outcome (on the loop's thread; later calls are ignored)."""
+Cancel = Callable[[], None]
+"""Stops a callback operation at once (on the loop's thread): once it returns, nothing of the
+operation runs any more, and its outcome, if it still reports one, is ignored."""
+
 
 @final
 class AsyncioBridge(metaclass=NoPublicConstructor):
@@ -56,6 +67,7 @@ class AsyncioBridge(metaclass=NoPublicConstructor):
         "_closing",
         "_done",
         "_done_scheduled",
+        "_live",
         "_loop",
         "_starts",
         "_starts_scheduled",
@@ -79,8 +91,10 @@ class AsyncioBridge(metaclass=NoPublicConstructor):
         # taken by that drain (the drain resets the flag first, then empties the queue), and
         # an appender that sees the flag reset schedules the next drain; so no item waits
         # without a drain on its way. deque append/popleft are atomic across threads.
-        self._starts: deque[tuple[_Call[Any], Callable[..., Awaitable[Any]], tuple[Any, ...]]]
-        self._starts = deque()
+        self._starts: deque[tuple[_Call[Any], Callable[..., Any], tuple[Any, ...]]] = deque()
+        # Callback operations started and not finished (the loop's side only): a task the
+        # close cancels by itself, these it must stop and answer.
+        self._live: set[_Call[Any]] = set()
         self._starts_scheduled = False
         self._done: deque[_Call[Any]] = deque()
         self._done_scheduled = False
@@ -111,10 +125,26 @@ class AsyncioBridge(metaclass=NoPublicConstructor):
         """
         if self._token is None:
             return await async_fn(*args)
+        return await self._cross(_Call(self, callback=False), async_fn, args)
+
+    async def run_callback(self, start: Callable[[Done[T], *Ts], Cancel], *args: *Ts) -> T:
+        """Start ``start(done, *args)`` on the bridge's loop and return the value (or raise the
+        exception) of the outcome it reports through ``done(outcome)``.
+
+        *start* runs on the loop's thread and must not block; it returns a :data:`Cancel`
+        that stops the operation. What *start* raises is raised here. Cancellation is as in
+        :meth:`run`: the operation is stopped and this waits for that, then raises
+        ``Cancelled``. Closing the bridge stops every operation still running; its caller
+        gets ``anyio.ClosedResourceError``.
+        """
+        if self._token is None:
+            return await await_callback(start, *args)
+        return await self._cross(_Call(self, callback=True), start, args)
+
+    async def _cross(self, call: _Call[T], fn: Callable[..., Any], args: tuple[Any, ...]) -> T:
         if self._closing:
             raise anyio.ClosedResourceError("the asyncio bridge is closed")
-        call: _Call[T] = _Call(self)
-        self._starts.append((call, async_fn, args))
+        self._starts.append((call, fn, args))
         if not self._starts_scheduled:
             self._starts_scheduled = True
             self.loop_wakeups += 1
@@ -126,6 +156,9 @@ class AsyncioBridge(metaclass=NoPublicConstructor):
         try:
             await call.done.wait()
         except trio.Cancelled:
+            # Set here too, so that a call the loop has not picked up yet never starts (the
+            # loop reads it in start(); a plain attribute write is atomic across threads).
+            call.cancel_requested = True
             self.call_soon_in_loop(call.cancel)
             # Unbounded on purpose, like to_thread.run_sync: walking away would leave the task
             # running unsupervised. Its wait is bounded by the task's own cancellation handling,
@@ -166,8 +199,8 @@ class AsyncioBridge(metaclass=NoPublicConstructor):
         self._starts_scheduled = False
         starts = self._starts
         while starts:
-            call, async_fn, args = starts.popleft()
-            call.start(async_fn, args)
+            call, fn, args = starts.popleft()
+            call.start(fn, args)
 
     def _finished(self, call: _Call[Any]) -> None:
         """On the loop: hand *call*'s outcome to trio, joining a wake-up already on its way."""
@@ -200,6 +233,8 @@ class AsyncioBridge(metaclass=NoPublicConstructor):
             # default executor, and closes the loop.
             with asyncio.Runner(loop_factory=lambda: self._loop) as runner:
                 runner.run(self._stop.wait(), context=contextvars.Context())
+                for call in list(self._live):
+                    call.stop_for_close()
         finally:
             assert self._token is not None
             assert self._stopped is not None
@@ -227,10 +262,12 @@ class AsyncioBridge(metaclass=NoPublicConstructor):
 class _Call(Generic[T]):
     """One run: its asyncio task, and its outcome handed to the trio side."""
 
-    __slots__ = ("_bridge", "cancel_requested", "done", "result", "task")
+    __slots__ = ("_bridge", "_callback", "_stop_fn", "cancel_requested", "done", "result", "task")
 
-    def __init__(self, bridge: AsyncioBridge) -> None:
+    def __init__(self, bridge: AsyncioBridge, *, callback: bool) -> None:
         self._bridge = bridge
+        self._callback = callback
+        self._stop_fn: Cancel | None = None
         self.done = trio.Event()
         # Written on the loop's thread before the call is handed back, read by the trio side
         # only after done is set by the trio-side drain: the hand-off queue orders the two.
@@ -240,15 +277,25 @@ class _Call(Generic[T]):
 
     # The methods below run on the loop's thread.
 
-    def start(self, async_fn: Callable[..., Awaitable[T]], args: tuple[Any, ...]) -> None:
+    def start(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
         if self._bridge._closing:
             self._finish(outcome.Error(anyio.ClosedResourceError("the asyncio bridge is closed")))
             return
         if self.cancel_requested:  # cancelled before the loop picked it up: never started
             self._finish(outcome.Error(anyio.ClosedResourceError("cancelled")))
             return
+        if self._callback:
+            self._bridge._live.add(self)
+            try:
+                stop = fn(self._finish, *args)
+            except BaseException as exc:
+                self._finish(outcome.Error(exc))
+                return
+            if self.result is None:
+                self._stop_fn = stop
+            return
         try:
-            self.task = asyncio.ensure_future(async_fn(*args))
+            self.task = asyncio.ensure_future(fn(*args))
         except BaseException as exc:
             self._finish(outcome.Error(exc))
             return
@@ -258,6 +305,17 @@ class _Call(Generic[T]):
         self.cancel_requested = True
         if self.task is not None:
             self.task.cancel()
+        elif self._stop_fn is not None:
+            self._stop_fn()
+            # The trio side raises its own Cancelled; this outcome is never unwrapped.
+            self._finish(outcome.Error(anyio.ClosedResourceError("cancelled")))
+
+    def stop_for_close(self) -> None:
+        if self._stop_fn is not None:
+            self._stop_fn()
+        self._finish(
+            outcome.Error(anyio.ClosedResourceError("the asyncio bridge closed while the call ran"))
+        )
 
     def _task_done(self, task: asyncio.Future[T]) -> None:
         if task.cancelled():
@@ -274,8 +332,32 @@ class _Call(Generic[T]):
         self._finish(outcome.Error(exc) if exc is not None else outcome.Value(task.result()))
 
     def _finish(self, result: outcome.Outcome[T]) -> None:
+        if self.result is not None:  # a callback operation answering after its stop
+            return
         self.result = result
+        self._stop_fn = None
+        if self._callback:
+            self._bridge._live.discard(self)
         self._bridge._finished(self)
+
+
+async def await_callback(start: Callable[[Done[T], *Ts], Cancel], *args: *Ts) -> T:
+    """Run a callback operation (see :meth:`AsyncioBridge.run_callback`) from an asyncio task
+    on its own loop: the value of its outcome, or its exception raised. Cancelling the task
+    stops the operation."""
+    finished: asyncio.Future[outcome.Outcome[T]] = asyncio.get_running_loop().create_future()
+
+    def done(result: outcome.Outcome[T]) -> None:
+        if not finished.done():
+            finished.set_result(result)
+
+    cancel = start(done, *args)
+    try:
+        result = await finished
+    except asyncio.CancelledError:
+        cancel()
+        raise
+    return result.unwrap()
 
 
 @contextlib.asynccontextmanager

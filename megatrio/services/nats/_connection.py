@@ -31,7 +31,7 @@ from ..._exceptions import BackendUnavailable
 from ..._util import NoPublicConstructor
 from ...nursery._child import current_child
 from ...nursery._errors import describe
-from ._bridge import AsyncioBridge, open_asyncio_bridge
+from ._bridge import AsyncioBridge, Cancel, Done, open_asyncio_bridge
 
 log = logging.getLogger("megatrio.nats")
 
@@ -137,6 +137,11 @@ class NatsConnection(metaclass=NoPublicConstructor):
         for it to finish. Batch: each call crosses the loop boundary.
         """
         return await self._bridge.run(async_fn, *args)
+
+    async def run_callback(self, start: Callable[[Done[T], *Ts], Cancel], *args: *Ts) -> T:
+        """``start(done, *args)`` on the client's loop, its outcome back here
+        (:meth:`AsyncioBridge.run_callback`): for operations that need no task of their own."""
+        return await self._bridge.run_callback(start, *args)
 
     async def wait_status_change(self, seen: NatsStatus) -> NatsStatus:
         """Wait until :attr:`status` is no longer *seen*; return the new one. A checkpoint."""
