@@ -341,6 +341,52 @@ async def test_a_lost_worker_leaves_one_worker_lost_dead_letter(nats: NatsServer
         assert state.messages == 0  # the original went once its dead letter was written
 
 
+async def test_a_message_that_ran_out_of_deliveries_unseen_is_swept_into_the_dlq(
+    nats: NatsServer,
+) -> None:
+    # No advisory listener while the deliveries run out: its advisory is never seen.
+    async with open_driver(nats.url, sweep_interval_seconds=0.3) as driver:
+        job = JobSettings("a", max_deliver=1, ack_wait_seconds=0.5)
+        await driver.declare([job, JobSettings("b")])
+        lost = await driver.enqueue("a", b"lost")
+        [delivery] = await driver.fetch("a", 1, timeout_seconds=1)
+        assert delivery.sequence == lost
+        held = await driver.enqueue("a", b"held")
+        [in_flight] = await driver.fetch("a", 1, timeout_seconds=1)
+        waiting = await driver.enqueue("a", b"waiting")
+        other = await driver.enqueue("b", b"other job")  # another consumer's
+        await anyio.sleep(0.7)  # the first one's only delivery expires
+        # This pull makes the server notice (and advise, to nobody).
+        [last] = await driver.fetch("a", 1, timeout_seconds=1)
+        assert last.sequence == waiting
+        # While others await their ack, nats-server 2.9 keeps the ack floor below it: the
+        # sweep cannot tell it yet, and takes nothing that is in flight.
+        assert await driver._advisories.sweep() == 0
+        await driver.settle([Settle("ack", in_flight), Settle("ack", last)])
+
+        async with advisories(driver):
+            await wait_until(_async(lambda: driver.sweeps[1] >= 1), 5, 0.02)
+            [(_, letter)] = await driver.dead_letters()
+            assert (letter.reason, letter.sequence, letter.deliveries) == ("worker lost", lost, 1)
+            assert letter.payload == b"lost"
+            # Later sweeps find nothing more and write nothing twice.
+            swept = driver.sweeps[0]
+            await wait_until(_async(lambda: driver.sweeps[0] >= swept + 2), 5, 0.02)
+            assert driver.sweeps[1] == 1
+            assert len(await driver.dead_letters()) == 1
+        js = driver._nc.jetstream()
+        left = {seq for seq in (lost, held, waiting, other) if await _stored(js, driver, seq)}
+        assert left == {other}
+
+
+async def _stored(js: Any, driver: JetStreamDriver, seq: int) -> bool:
+    try:
+        await js.get_msg(driver.stream, seq)
+    except nats.js.errors.NotFoundError:
+        return False
+    return True
+
+
 async def test_a_dead_letter_before_the_last_timeout_wins_over_the_advisory(
     nats: NatsServer,
 ) -> None:

@@ -23,8 +23,17 @@ listener therefore deletes the original from the job stream — the DLQ holds th
 message left behind would only hold storage. A terminated message has already left, so its
 envelope has an empty payload; it is a duplicate in the normal order and is dropped.
 
-Advisories are core NATS (at most once): one published while no listener was connected is
-not seen, and its message stays in the job stream until someone reads it.
+Advisories are core NATS (at most once): one published while no listener was connected (or
+lost in a reconnect) is never seen. The listener therefore also **sweeps**, when it starts and
+then every ``sweep_interval`` seconds: a message still in the job stream that its consumer
+has done with — at or below the consumer's ack floor, or, when nothing is awaiting an ack,
+at or below the last delivered sequence — can only be one that ran out of deliveries (an
+acked or terminated one has left a work-queue stream, a pending or retrying one is above the
+floor and awaiting its ack). Each gets the same "worker lost" envelope and the same
+de-duplication id as its advisory would have, then leaves the job stream. A sweep writes at
+most :data:`SWEEP_LIMIT` dead letters per job; the next one takes the rest. nats-server 2.9
+keeps the ack floor below such a message until nothing else awaits an ack, so on a consumer
+that is never idle the sweep finds it late.
 """
 
 from __future__ import annotations
@@ -41,6 +50,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js.api import RawStreamMsg
 from nats.js.client import JetStreamContext
 
 from ...nursery._errors import describe
@@ -51,6 +61,8 @@ log = logging.getLogger("megatrio.jobs")
 MAX_DELIVERIES = "MAX_DELIVERIES"
 MSG_TERMINATED = "MSG_TERMINATED"
 _ADVISORY_PREFIX = "$JS.EVENT.ADVISORY.CONSUMER"
+SWEEP_LIMIT = 100
+"""Messages one sweep turns into dead letters per job, at most."""
 
 # Errors that mean "NATS cannot serve this now" (retry later), not "this request is wrong".
 UNAVAILABLE: tuple[type[BaseException], ...] = (
@@ -104,7 +116,8 @@ class AdvisoryListener:
 
     *dlq_subject* maps a job name to its DLQ subject; *job_of_subject* maps a job-stream subject
     back to its job name (None for a subject of no job); *job_of_consumer* does the same for a
-    consumer name, used when the original message is gone.
+    consumer name, used when the original message is gone. *sweep_targets* lists, for the
+    sweep, each declared job as ``(job, consumer, subject, max_deliver)``.
     """
 
     def __init__(
@@ -117,7 +130,9 @@ class AdvisoryListener:
         dlq_subject: Callable[[str], str],
         job_of_subject: Callable[[str], str | None],
         job_of_consumer: Callable[[str], str | None],
+        sweep_targets: Callable[[], list[tuple[str, str, str, int]]],
         timeout: float,
+        sweep_interval: float = 60.0,
     ) -> None:
         self._nc = nc
         self._js = js
@@ -126,7 +141,9 @@ class AdvisoryListener:
         self._dlq_subject = dlq_subject
         self._job_of_subject = job_of_subject
         self._job_of_consumer = job_of_consumer
+        self._sweep_targets = sweep_targets
         self._timeout = timeout
+        self._sweep_interval = sweep_interval
         # None is the stop request; advisories are handled one at a time, in arrival order.
         self._queue: asyncio.Queue[Msg | None] = asyncio.Queue()
         self._running = False
@@ -134,6 +151,10 @@ class AdvisoryListener:
         self._done.set()
         self.handled = 0
         """Advisories handled so far (written, found duplicate, or found nothing to do)."""
+        self.swept = 0
+        """Dead letters written by sweeps (duplicates of an advisory's included)."""
+        self.sweeps = 0
+        """Sweeps completed."""
 
     def subjects(self) -> list[str]:
         return [
@@ -159,7 +180,19 @@ class AdvisoryListener:
             await self._nc.flush(timeout=max(1, round(self._timeout)))
             if on_ready is not None:
                 on_ready()
-            while (msg := await self._queue.get()) is not None:
+            loop = asyncio.get_running_loop()
+            next_sweep = loop.time()
+            while True:
+                if loop.time() >= next_sweep:
+                    await self._sweep_logged()
+                    next_sweep = loop.time() + self._sweep_interval
+                try:
+                    async with asyncio.timeout_at(next_sweep):
+                        msg = await self._queue.get()
+                except TimeoutError:
+                    continue
+                if msg is None:
+                    break
                 await self._handle_with_retries(msg)
         finally:
             for sub in subs:
@@ -196,6 +229,43 @@ class AdvisoryListener:
                 break
         self.handled += 1
 
+    async def _sweep_logged(self) -> None:
+        try:
+            await self.sweep()
+        except Exception as exc:
+            # The next sweep tries again; what it would have found stays in the stream.
+            log.warning("jobs: dead-letter sweep of %s failed: %s", self._stream, describe(exc))
+
+    async def sweep(self) -> int:
+        """Dead-letter what ran out of deliveries unseen (module docstring); how many."""
+        written = 0
+        for job, consumer, subject, max_deliver in self._sweep_targets():
+            try:
+                info = await self._js.consumer_info(self._stream, consumer)
+            except nats.js.errors.NotFoundError:
+                continue
+            bound = info.ack_floor.stream_seq if info.ack_floor else 0
+            if not info.num_ack_pending and info.delivered is not None:
+                bound = max(bound, info.delivered.stream_seq or 0)
+            seq = 1
+            for _ in range(SWEEP_LIMIT):
+                if not bound or seq > bound:
+                    break
+                try:
+                    raw = await self._js.get_msg(self._stream, seq, subject=subject, next=True)
+                except nats.js.errors.NotFoundError:
+                    break
+                if raw.seq is None or raw.seq > bound:
+                    break
+                seq = raw.seq + 1
+                await self._write(
+                    MAX_DELIVERIES, job, raw.subject or subject, raw.seq, max_deliver, raw
+                )
+                written += 1
+        self.swept += written
+        self.sweeps += 1
+        return written
+
     async def handle(self, msg: Msg) -> None:
         """Write the dead letter that advisory *msg* implies, then drop the original."""
         kind = msg.subject.removeprefix(f"{_ADVISORY_PREFIX}.").split(".", 1)[0]
@@ -217,6 +287,17 @@ class AdvisoryListener:
         if job is None:
             log.warning("jobs: advisory %s names no job of this app", msg.subject)
             return
+        await self._write(kind, job, subject, sequence, deliveries, original)
+
+    async def _write(
+        self,
+        kind: str,
+        job: str,
+        subject: str | None,
+        sequence: int,
+        deliveries: int,
+        original: RawStreamMsg | None,
+    ) -> None:
         if kind == MAX_DELIVERIES:
             reason = "worker lost"
             message = (

@@ -167,9 +167,11 @@ class JetStreamDriver:
 
     *replicas* is the streams' replication factor (3 on a three-node cluster);
     *dlq_max_age_seconds* how long a dead letter is kept; *dedup_window_seconds* how long an
-    enqueue's *msg_id* is remembered; *request_timeout_seconds* bounds every JetStream API call.
+    enqueue's *msg_id* is remembered; *request_timeout_seconds* bounds every JetStream API call;
+    *sweep_interval_seconds* is how often the advisory task sweeps for messages that ran out of
+    deliveries while no advisory was seen.
 
-    Dead letters the consumer does not write itself come from the advisories: run
+    Dead letters the consumer does not write itself come from the advisories and the sweep: run
     :meth:`run_advisories` as a long-lived task (the owner's, so it stays in the task tree);
     :meth:`aclose` stops it and waits until it has returned.
     """
@@ -183,6 +185,7 @@ class JetStreamDriver:
         dlq_max_age_seconds: float = 7 * 24 * 3600.0,
         dedup_window_seconds: float = 120.0,
         request_timeout_seconds: float = 5.0,
+        sweep_interval_seconds: float = 60.0,
     ) -> None:
         ns = check_namespace(namespace)
         if replicas < 1:
@@ -191,6 +194,7 @@ class JetStreamDriver:
             ("dlq_max_age_seconds", dlq_max_age_seconds),
             ("dedup_window_seconds", dedup_window_seconds),
             ("request_timeout_seconds", request_timeout_seconds),
+            ("sweep_interval_seconds", sweep_interval_seconds),
         ):
             if not value > 0:
                 raise ValueError(f"{label} must be > 0, got {value!r}")
@@ -217,7 +221,9 @@ class JetStreamDriver:
             dlq_subject=self.dlq_subject,
             job_of_subject=self._job_of_subject,
             job_of_consumer=self._job_of_consumer,
+            sweep_targets=self._sweep_targets,
             timeout=request_timeout_seconds,
+            sweep_interval=sweep_interval_seconds,
         )
 
     # -- names ------------------------------------------------------------------------------
@@ -240,6 +246,12 @@ class JetStreamDriver:
             if name == consumer:
                 return job
         return None
+
+    def _sweep_targets(self) -> list[tuple[str, str, str, int]]:
+        return [
+            (job, consumer, self._subjects[job], self._jobs[job].max_deliver)
+            for job, consumer in self._consumers.items()
+        ]
 
     def _declared(self, job: str) -> str:
         """*job*'s consumer name; LookupError if *job* was not declared."""
@@ -638,6 +650,11 @@ class JetStreamDriver:
     @property
     def advisories_handled(self) -> int:
         return self._advisories.handled
+
+    @property
+    def sweeps(self) -> tuple[int, int]:
+        """Sweeps completed, and the dead letters they wrote."""
+        return self._advisories.sweeps, self._advisories.swept
 
     async def aclose(self) -> None:
         """Stop :meth:`run_advisories` and wait until it has returned; fail enqueues still
