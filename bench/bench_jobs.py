@@ -18,6 +18,8 @@ Rows:
 4. peer row, end to end only: FastStream's NATS JetStream pull subscriber (batch 64) on
    asyncio with the broker's own publish (``bench/jobs_faststream.py``).
 5. memory: the consumer process's RSS before and after N jobs (flat = no growth per job).
+   ``--memory 1000000`` instead runs only megatrio's end-to-end row for that many jobs and
+   prints its RSS every 100,000 acked jobs: flat means no growth per job once warm.
 
 Every side runs in its own fresh stream; the sides alternate, best of the repetitions.
 """
@@ -244,12 +246,55 @@ def report(results: dict[str, list[Result]], count: int) -> None:
         print(f"megatrio / FastStream jobs/s = {peer:.3f} (peer row, no target)")
 
 
+MEMORY_EVERY = 100_000
+MEMORY_LIMIT_KIB = 16 * 1024
+
+
+def memory_run(count: int) -> int:
+    from bench.jobs_megatrio import memory
+
+    print(
+        f"megatrio jobs memory - Python {platform.python_version()}, nats-py "
+        f"{version('nats-py')}, {os.cpu_count()} CPUs, {count:,} jobs, {PRODUCERS} producers"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        server = NatsServer(Path(tmp) / "nats")
+        server.start()
+        try:
+            began = time.perf_counter()
+            samples = memory(server.url, count, MEMORY_EVERY)
+            elapsed = time.perf_counter() - began
+        finally:
+            server.stop()
+    print(
+        markdown_table(
+            ["jobs acked", "RSS"],
+            [[f"{n:,}", f"{kib / 1024:,.1f} MiB"] for n, kib in samples],
+            right={0, 1},
+        )
+    )
+    # Warm once the first sample after the start is in (allocator pools, caches filled).
+    warm = samples[min(2, len(samples) - 1)]
+    growth = samples[-1][1] - warm[1]
+    verdict = "PASS" if growth <= MEMORY_LIMIT_KIB else "FAIL"
+    print(
+        f"\n{count / elapsed:,.0f} jobs/s; RSS growth from {warm[0]:,} to {samples[-1][0]:,} "
+        f"jobs: {growth / 1024:+.1f} MiB (flat: within {MEMORY_LIMIT_KIB // 1024} MiB): {verdict}"
+    )
+    return 0
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="10,000 jobs, one repetition")
     parser.add_argument("--jobs", type=int, default=None, help="jobs per run (default 100,000)")
     parser.add_argument("--bare-only", action="store_true", help="only the nats-py baseline")
+    parser.add_argument(
+        "--memory", type=int, default=None, metavar="N", help="megatrio's RSS while N jobs pass"
+    )
     args = parser.parse_args(argv)
+    if args.memory:
+        return memory_run(args.memory)
     count = args.jobs or (10_000 if args.quick else 100_000)
     reps = 1 if args.quick else 3
     print(

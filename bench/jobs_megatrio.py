@@ -66,6 +66,44 @@ async def _jobs(url: str, count: int, rep: int) -> tuple[float, int]:
     return count / elapsed, growth
 
 
+async def _memory(url: str, count: int, every: int) -> list[tuple[int, int]]:
+    """(jobs acked, RSS KiB) every *every* jobs while *count* pass end to end."""
+    app = _app("benchmem", lambda: None)
+    samples: list[tuple[int, int]] = []
+    async with (
+        open_job_engine(Config(nats_url=url), app.name) as engine,
+        megatrio.mega_runtime(name=app.name, handle_signals=False) as rt,
+    ):
+        jobs = Jobs(engine.driver, app.job_specs())
+        await jobs.declare()
+        await rt.start_child(jobs.child_spec())
+        samples.append((0, rss_kib()))
+
+        async def produce(share: int) -> None:
+            for i in range(share):
+                await jobs.enqueue("work", {"n": i})
+
+        async with trio.open_nursery() as nursery:
+            for i in range(PRODUCERS):
+                nursery.start_soon(produce, count // PRODUCERS + (i < count % PRODUCERS))
+            while (acked := _acked(rt)) < count:
+                if acked >= samples[-1][0] + every:
+                    samples.append((acked // every * every, rss_kib()))
+                await trio.sleep(0.05)
+        samples.append((count, rss_kib()))
+        await rt.stop_child("jobs")
+        assert engine.connection is not None
+        assert engine.jetstream is not None
+        js = engine.connection.jetstream()
+        await engine.connection.run(js.delete_stream, engine.jetstream.stream)
+        rt.stop()
+    return samples
+
+
+def memory(url: str, count: int, every: int) -> list[tuple[int, int]]:
+    return trio.run(_memory, url, count, every)
+
+
 def _acked(rt: megatrio.Runtime) -> int:
     [jobs] = [c for c in rt.snapshot()["children"] if c["name"] == "jobs"]
     return sum(int(c["info"].get("acked", 0)) for c in jobs["supervisor"]["children"])

@@ -75,3 +75,46 @@ async def test_consumers_ride_out_a_server_restart_and_lose_no_job(nats: NatsSer
     # At least once: a job in flight across the restart may run twice, never zero times.
     assert sum(handled.values()) >= 200
     assert info["state"] == "running"
+
+
+async def test_a_consumer_never_holds_more_than_its_slots_on_the_server(nats: NatsServer) -> None:
+    running = 0
+    peak = 0
+    release = trio.Event()
+    app = megatrio.App("slots")
+
+    @app.job("work", concurrency=3)
+    async def work(payload: Any) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        try:
+            await release.wait()
+        finally:
+            running -= 1
+
+    with trio.fail_after(60):
+        async with (
+            open_job_engine(Config(nats_url=nats.url), app.name) as engine,
+            megatrio.mega_runtime(name=app.name, handle_signals=False) as rt,
+        ):
+            jobs = Jobs(engine.driver, app.job_specs())
+            await jobs.declare()
+            for n in range(10):
+                await jobs.enqueue("work", {"n": n})
+            await rt.start_child(jobs.child_spec())
+            assert engine.connection is not None
+            assert engine.jetstream is not None
+            conn, stream = engine.connection, engine.jetstream.stream
+            js = conn.client.jetstream()
+            while running < 3:  # noqa: ASYNC110
+                await trio.sleep(0.01)
+            await trio.sleep(0.5)  # what more the consumer would ask for, it has asked
+            # The server's own view: 3 delivered and unacknowledged, 7 never handed out.
+            info = await conn.run(js.consumer_info, stream, "slots_work")
+            assert (info.num_ack_pending, info.num_pending) == (3, 7)
+            release.set()
+            while consumed(rt)["info"]["acked"] < 10:  # noqa: ASYNC110
+                await trio.sleep(0.05)
+            await rt.stop_child("jobs")
+    assert peak == 3
