@@ -121,28 +121,33 @@ class InFlight:
             slot.state = SlotState.ABANDONED
 
     def next_deadline(self) -> float | None:
-        """The earliest deadline of a slot whose caller still waits, or None."""
-        for queue in (self._sent, self._unsent):
-            for slot in queue:
-                if slot.state is SlotState.SENT or slot.state is SlotState.UNSENT:
-                    return slot.deadline
-        return None
+        """The earliest deadline of a slot whose caller still waits, or None.
+
+        Scans every slot (deadlines need not follow issue order); the connection asks only
+        when its deadline watcher wakes, about once per stream timeout.
+        """
+        deadlines = [
+            slot.deadline
+            for queue in (self._sent, self._unsent)
+            for slot in queue
+            if slot.state is SlotState.SENT or slot.state is SlotState.UNSENT
+        ]
+        return min(deadlines, default=None)
 
     def expire(self, now: float) -> list[Slot]:
         """Give up every slot whose deadline has passed (``deadline <= now``): sent ones are
-        abandoned (their replies will be dropped), unsent ones withdrawn. Returns them, in
-        order, for their callers to be told."""
+        abandoned (their replies will be dropped), unsent ones withdrawn. Returns them, sent
+        ones first, each in issue order, for their callers to be told."""
         expired = []
         for slot in self._sent:
-            if slot.deadline > now:
-                break
-            if slot.state is SlotState.SENT:
+            if slot.state is SlotState.SENT and slot.deadline <= now:
                 slot.state = SlotState.ABANDONED
                 expired.append(slot)
-        while self._unsent and self._unsent[0].deadline <= now:
-            slot = self._unsent.popleft()
+        withdrawn = [slot for slot in self._unsent if slot.deadline <= now]
+        for slot in withdrawn:
+            self._unsent.remove(slot)
             slot.state = SlotState.WITHDRAWN
-            expired.append(slot)
+        expired.extend(withdrawn)
         return expired
 
     def fail_all(self) -> list[Slot]:
