@@ -85,7 +85,8 @@ class PipelineMachine(RuleBasedStateMachine):
         if answered in self.waiting_ids:
             assert slot is not None, f"the reply for waiting caller {answered} was dropped"
             assert slot.waiter == answered, f"reply to {answered} handed to {slot.waiter}"
-            assert slot.state is SlotState.DONE and slot.outcome == outcome
+            assert slot.state is SlotState.DONE
+            assert slot.outcome == outcome
             self._end(answered, "reply")
         else:
             assert slot is None, f"the reply to {answered} (caller gone) reached {slot}"

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import pytest
@@ -75,7 +76,7 @@ def comparable(reply: Any) -> Any:
 def parse_in_chunks(parser: Any, data: bytes, cuts: list[int]) -> list[Any]:
     out = []
     points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
-    for start, end in zip(points, points[1:], strict=False):
+    for start, end in itertools.pairwise(points):
         parser.feed(data[start:end])
         while (reply := parser.gets()) is not False:
             out.append(comparable(reply))
@@ -150,7 +151,8 @@ def test_the_pool_never_passes_its_cap_and_picks_as_documented(
             assert loads[index] == min(loads)
             assert (connect is Connect.BACKGROUND) == (room and loads[index] >= grow_at)
         else:
-            assert loads[index] == 0 and connect is Connect.NO
+            assert loads[index] == 0
+            assert connect is Connect.NO
     else:
         usable = bool(loads) if pipelined else 0 in loads
         assert not usable
