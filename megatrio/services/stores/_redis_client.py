@@ -134,6 +134,11 @@ class RedisClient:
         """Connections opened successfully since the client was opened."""
         return self._opened
 
+    @property
+    def writes(self) -> int:
+        """Socket writes by the connections open now (each carries one or more commands)."""
+        return sum(connection.writes for connection in self._connections)
+
     def disconnect(self) -> None:
         """Close every open connection now; the next command opens a new one. Commands in
         flight on them fail with ConnectionError (and are retried once). Not a checkpoint."""

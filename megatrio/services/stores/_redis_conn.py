@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 from coredis.exceptions import ConnectionError as RedisConnectionError
 
 from ..._policy._pipeline import InFlight, Slot
@@ -82,6 +83,8 @@ class RedisConnection:
         self.inflight = InFlight()
         self.usable = False
         self.was_ready = False
+        self.writes = 0
+        """Writes to the socket so far: with pipelining, far fewer than commands."""
         self._connect_timeout = connect_timeout
         self._stream_timeout = stream_timeout
         self._client_name = client_name
@@ -208,6 +211,9 @@ class RedisConnection:
             coredis.exceptions.ConnectionError: the connection broke or was closed.
             coredis.exceptions.ResponseError: the server answered with an error (its subclass).
         """
+        # A caller cancelled already never issues: the writer, woken by the issue, could run
+        # before the cancellation is delivered at the wait below, and send the command.
+        await anyio.lowlevel.checkpoint_if_cancelled()
         event = anyio.Event()
         deadline = anyio.current_time() + (self._stream_timeout if within is None else within)
         slot = self.inflight.issue(payload, deadline, event)
@@ -243,6 +249,7 @@ class RedisConnection:
                     idle = self._writer_idle = anyio.Event()
                     await idle.wait()
                     continue
+                self.writes += 1
                 await stream.send(b"".join(inflight.take_writes()))
         except Exception as exc:
             self._break(exc)
