@@ -257,7 +257,7 @@ class Config:
         default="", metadata=_meta(parse.url, "redis://HOST:PORT/DB for Redis-backed stores")
     )
     redis_max_connections: int = attrs.field(
-        default=4,
+        default=2,
         metadata=_meta(parse.count(1), "connections the Redis client opens at most (pipelined)"),
     )
     cache: dict[str, CacheConfig] = attrs.field(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import signal
 
+import anyio
 import pytest
 import trio
 
@@ -225,3 +226,25 @@ async def test_a_frozen_server_with_a_pipeline_in_flight_times_out_once_then_sta
                 for task in range(TASKS):
                     nursery.start_soon(check, task)
         assert got == {task: task for task in range(TASKS)}
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_the_client_runs_on_asyncio_too(redis: RedisServer) -> None:
+    async with open_redis(redis.url, max_connections=2) as client:
+        cache = Cache(RedisCache(client), namespace="a")
+        async with anyio.create_task_group() as tg:
+            for task in range(TASKS):
+                tg.start_soon(cache.set, f"k{task}", task)
+        got = {}
+
+        async def check(task: int) -> None:
+            got[task] = await cache.get(f"k{task}")
+
+        async with anyio.create_task_group() as tg:
+            for task in range(TASKS):
+                tg.start_soon(check, task)
+        assert got == {task: task for task in range(TASKS)}
+        with anyio.move_on_after(0) as scope:
+            await client.set("never", b"1")
+        assert scope.cancelled_caught
+        assert await client.exists("never") == 0
