@@ -94,8 +94,8 @@ class RedisConnection:
         self._parser = parser()
         self._stream: anyio.abc.ByteStream | None = None
         self._scope: anyio.CancelScope | None = None
+        # Set once the connection breaks or closes; from then on nothing new is issued on it.
         self._error: BaseException | None = None
-        self._closing = False
         # Set while the writer / the watcher wait for work; whoever gives them work sets it.
         self._writer_idle: anyio.Event | None = None
         self._watcher_idle: anyio.Event | None = None
@@ -134,6 +134,8 @@ class RedisConnection:
                     task_status.started(self)
         finally:
             self.usable = False
+            if self._error is None:  # closed from outside (the pool's task group exited)
+                self._error = RedisConnectionError("the connection was closed by the client")
             if self._stream is not None:
                 await anyio.aclose_forcefully(self._stream)
             self._fail_waiting()
@@ -144,8 +146,6 @@ class RedisConnection:
     def close(self) -> None:
         """Stop using the connection now; its waiting callers get ConnectionError. Not a
         checkpoint; idempotent."""
-        self.usable = False
-        self._closing = True
         self._break(RedisConnectionError("the connection was closed by the client"))
 
     def _break(self, error: BaseException) -> None:
@@ -214,6 +214,12 @@ class RedisConnection:
         # A caller cancelled already never issues: the writer, woken by the issue, could run
         # before the cancellation is delivered at the wait below, and send the command.
         await anyio.lowlevel.checkpoint_if_cancelled()
+        if self._error is not None and self.was_ready:
+            # Broken, not yet forgotten by the pool: a command issued now might never be
+            # failed by the closing connection; the client retries it on another.
+            raise RedisConnectionError(
+                f"connection to Redis at {self.target.redacted} lost: {describe(self._error)}"
+            ) from self._error
         event = anyio.Event()
         deadline = anyio.current_time() + (self._stream_timeout if within is None else within)
         slot = self.inflight.issue(payload, deadline, event)
