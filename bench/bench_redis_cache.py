@@ -1,22 +1,32 @@
-"""Redis cache benchmark: ``Cache(RedisCache(client))`` against bare coredis, same run.
+"""Redis at 64-way concurrency: megatrio's cache against the other Python clients and
+``redis-benchmark``, all in the same run against the same private ``redis-server``.
 
-Run ``python bench/bench_redis_cache.py`` (``--quick`` for a shorter run, ``--profile`` to
-add a cProfile of the facade rows). The script starts a private ``redis-server`` on a free
-loopback port (no persistence) and stops it by pid at the end. Everything runs in one
-process under one ``trio.run`` on the real clock.
+Run ``python bench/bench_redis_cache.py`` (``--quick`` for a shorter run, ``--profile`` to add
+a cProfile of the megatrio cache row). The script starts a ``redis-server`` of its own on a
+free loopback port (no persistence) and stops it by pid at the end.
 
-Both sides use the one client :func:`megatrio.open_redis` opened, so the same
-settings and connections; the same full keys (``mega:cache:bench:k<i>``, 1,000 of them) and
-the same value bytes (the JSON the facade writes for a small object). SET carries a 60 s TTL
-on both sides (``PX 60000``). Each row runs at 1 and at 64 concurrent tasks splitting the same
-number of operations. The sides are interleaved, each repetition after a ``gc.collect()`` with
-the cyclic GC off for both alike, after one warm-up of each; the best (highest) ops/s of the
-repetitions is reported. ``MemoryCache`` through the same facade is measured for reference.
+Rows (each repetition runs every row once, in an order that rotates; best of the repetitions):
+
+1. **megatrio cache**: ``open_cache(rt, "default", RedisCache(client))`` in a ``mega_runtime``
+   on trio, ``client`` from ``open_redis(url)`` with its defaults (auto-pipelined);
+2. megatrio client alone: ``open_redis(url)``'s ``client.set``/``client.get`` (no facade);
+3. megatrio cache with ``open_redis(url, auto_pipeline=False, max_connections=64)``;
+4. **bare coredis on trio**: ``coredis.Redis`` with its defaults, under ``trio.run``;
+5. **coredis on asyncio**: the same under ``asyncio.run``;
+6. **redis-py asyncio**: ``redis.asyncio.Redis`` with its defaults (hiredis installed, so its
+   parser), under ``asyncio.run``;
+7. **redis-benchmark -c 64**: the C client, 64 connections, no pipelining (``-P 1``).
+
+Every row SETs with ``PX 3600000`` and GETs (all hits) the same value bytes: the 46-byte JSON
+the facade writes for a small object, over 1,000 keys. The Python rows split the operations
+over 64 tasks, time each operation (p50/p99 latency) with the cyclic GC off for every row
+alike, and count the connections they hold afterwards with ``CLIENT LIST``.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import cProfile
 import io
 import json
@@ -39,16 +49,21 @@ from typing import Any
 import trio
 from _common import gc_paused
 
-from megatrio.services.stores._cache import Cache, MemoryCache
-from megatrio.services.stores._redis import RedisClient, open_redis
+from megatrio import mega_runtime
+from megatrio.services.stores._cache import open_cache
+from megatrio.services.stores._redis import open_redis
 from megatrio.services.stores._redis_cache import RedisCache
+from megatrio.services.stores._redis_conn import PARSER
 
-NAMESPACE = "bench"
+TASKS = 64
 KEYS = 1_000
 TTL_SECONDS = 3600
-VALUE = {"id": 12345, "name": "user-12345", "tags": ["a", "b", "c"], "active": True}
+VALUE = {"id": 12345, "name": "user-12345", "active": True}
 RAW_VALUE = json.dumps(VALUE, separators=(",", ":"), allow_nan=False).encode()
-TARGET = 0.9
+NAMESPACE = "default"  # open_cache's namespace is the runtime's name; see RUNTIME_NAME
+RUNTIME_NAME = "bench"
+TARGET_REDIS_PY = 1.0
+STRETCH_REDIS_BENCHMARK = 0.3
 
 Op = Callable[[int], Awaitable[object]]
 
@@ -133,249 +148,344 @@ def private_redis() -> Iterator[tuple[str, str]]:
 @dataclass(frozen=True)
 class Sample:
     ops_per_second: float
-    cpu_us_per_op: float
-    """Process CPU time (this process only, so not Redis') per operation."""
+    p50_us: float
+    p99_us: float
 
 
-async def run_ops(op: Op, total: int, concurrency: int) -> Sample:
-    """Run ``op(i)`` for ``total`` values of i split over *concurrency* tasks."""
-    per_task = total // concurrency
+@dataclass
+class Result:
+    set: Sample
+    get: Sample
+    connections: int
 
-    async def worker(first: int) -> None:
-        for i in range(first, first + per_task):
-            await op(i % KEYS)
 
-    with gc_paused():
-        cpu = time.process_time()
-        start = time.perf_counter()
-        async with trio.open_nursery() as nursery:
-            for task in range(concurrency):
-                nursery.start_soon(worker, task * per_task)
-        elapsed = time.perf_counter() - start
-        cpu = time.process_time() - cpu
-    done = per_task * concurrency
-    return Sample(done / elapsed, cpu / done * 1e6)
+def percentile(sorted_values: list[float], q: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
+
+
+def sample(total: int, elapsed: float, latencies: list[float]) -> Sample:
+    latencies.sort()
+    return Sample(
+        total / elapsed, percentile(latencies, 0.5) * 1e6, percentile(latencies, 0.99) * 1e6
+    )
+
+
+def count_connections(port: int) -> int:
+    """Client connections the server holds now, not counting the one asking."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"*2\r\n$6\r\nCLIENT\r\n$4\r\nLIST\r\n")
+        reply = b""
+        while not (
+            reply.startswith(b"$")
+            and reply.endswith(b"\r\n")
+            and len(reply) >= int(reply[1 : reply.index(b"\r\n")]) + reply.index(b"\r\n") + 4
+        ):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            reply += chunk
+    lines = [line for line in reply.split(b"\r\n", 1)[1].splitlines() if b"id=" in line]
+    return len(lines) - 1
+
+
+async def trio_ops(set_op: Op, get_op: Op, total: int, port: int) -> Result:
+    async def phase(op: Op) -> Sample:
+        per_task = total // TASKS
+        latencies: list[float] = []
+        clock = time.perf_counter
+
+        async def worker(first: int) -> None:
+            append = latencies.append
+            for i in range(first, first + per_task):
+                start = clock()
+                await op(i % KEYS)
+                append(clock() - start)
+
+        with gc_paused():
+            start = clock()
+            async with trio.open_nursery() as nursery:
+                for task in range(TASKS):
+                    nursery.start_soon(worker, task * per_task)
+            elapsed = clock() - start
+        return sample(per_task * TASKS, elapsed, latencies)
+
+    await phase(set_op)  # warm-up: connections opened, every key present
+    set_sample = await phase(set_op)
+    get_sample = await phase(get_op)
+    return Result(set_sample, get_sample, count_connections(port))
+
+
+async def asyncio_ops(set_op: Op, get_op: Op, total: int, port: int) -> Result:
+    async def phase(op: Op) -> Sample:
+        per_task = total // TASKS
+        latencies: list[float] = []
+        clock = time.perf_counter
+
+        async def worker(first: int) -> None:
+            append = latencies.append
+            for i in range(first, first + per_task):
+                start = clock()
+                await op(i % KEYS)
+                append(clock() - start)
+
+        with gc_paused():
+            start = clock()
+            await asyncio.gather(*(worker(task * per_task) for task in range(TASKS)))
+            elapsed = clock() - start
+        return sample(per_task * TASKS, elapsed, latencies)
+
+    await phase(set_op)
+    set_sample = await phase(set_op)
+    get_sample = await phase(get_op)
+    return Result(set_sample, get_sample, count_connections(port))
+
+
+def full_key(i: int) -> str:
+    return f"mega:cache:{RUNTIME_NAME}:k{i}"
+
+
+KEY_NAMES = [f"k{i}" for i in range(KEYS)]
+FULL_KEYS = [full_key(i) for i in range(KEYS)]
+PX = TTL_SECONDS * 1000
+
+
+async def hit(value: object, i: int) -> None:
+    if value is None:
+        raise RuntimeError(f"cache miss for key {i}: the GET rows must measure hits")
+
+
+async def megatrio_cache_row(url: str, port: int, total: int, **options: Any) -> Result:
+    async with mega_runtime(name=RUNTIME_NAME, grace_seconds=5) as rt:
+        client = await rt.enter_async_context(open_redis(url, **options))
+        cache = await rt.enter_async_context(open_cache(rt, "default", RedisCache(client)))
+
+        async def set_op(i: int) -> None:
+            await cache.set(KEY_NAMES[i], VALUE, ttl_seconds=TTL_SECONDS)
+
+        async def get_op(i: int) -> None:
+            await hit(await cache.get(KEY_NAMES[i]), i)
+
+        return await trio_ops(set_op, get_op, total, port)
+
+
+async def megatrio_client_row(url: str, port: int, total: int) -> Result:
+    async with open_redis(url) as client:
+
+        async def set_op(i: int) -> None:
+            await client.set(FULL_KEYS[i], RAW_VALUE, px=PX)
+
+        async def get_op(i: int) -> None:
+            await hit(await client.get(FULL_KEYS[i]), i)
+
+        return await trio_ops(set_op, get_op, total, port)
+
+
+async def coredis_row(url: str, port: int, total: int, *, on_trio: bool) -> Result:
+    import coredis
+
+    client: Any = coredis.Redis.from_url(url, decode_responses=False)
+    async with client:
+
+        async def set_op(i: int) -> None:
+            await client.set(FULL_KEYS[i], RAW_VALUE, px=PX)
+
+        async def get_op(i: int) -> None:
+            await hit(await client.get(FULL_KEYS[i]), i)
+
+        run = trio_ops if on_trio else asyncio_ops
+        return await run(set_op, get_op, total, port)
+
+
+async def redis_py_row(url: str, port: int, total: int) -> Result:
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(url)
+    try:
+
+        async def set_op(i: int) -> None:
+            await client.set(FULL_KEYS[i], RAW_VALUE, px=PX)
+
+        async def get_op(i: int) -> None:
+            await hit(await client.get(FULL_KEYS[i]), i)
+
+        return await asyncio_ops(set_op, get_op, total, port)
+    finally:
+        await client.aclose()
+
+
+def redis_benchmark_row(url: str, port: int, total: int) -> Result:
+    binary = shutil.which("redis-benchmark")
+    if binary is None:
+        raise SystemExit("redis-benchmark is not installed (apt-get install redis-tools)")
+    key = f"mega:cache:{RUNTIME_NAME}:rb__rand_int__"
+    base = [binary, "-p", str(port), "-c", str(TASKS), "-n", str(total), "-r", str(KEYS),
+            "--csv", "--precision", "3"]  # fmt: skip
+
+    def run(*command: str) -> Sample:
+        out = subprocess.run([*base, *command], capture_output=True, text=True, check=True)
+        line = out.stdout.strip().splitlines()[-1]
+        # "test","rps","avg","min","p50","p95","p99","max": the test name may hold commas.
+        fields = [float(f.strip('"')) for f in line.rsplit(",", 7)[1:]]
+        return Sample(fields[0], fields[3] * 1000, fields[5] * 1000)
+
+    run("SET", key, RAW_VALUE.decode(), "PX", str(PX))  # warm-up, and every key present
+    set_sample = run("SET", key, RAW_VALUE.decode(), "PX", str(PX))
+    get_sample = run("GET", key)
+    return Result(set_sample, get_sample, TASKS)
+
+
+ROWS: dict[str, Callable[[str, int, int], Result]] = {
+    "megatrio cache (open_cache + RedisCache, trio)": lambda url, port, total: trio.run(
+        megatrio_cache_row, url, port, total
+    ),
+    "megatrio client alone (open_redis, trio)": lambda url, port, total: trio.run(
+        megatrio_client_row, url, port, total
+    ),
+    "megatrio cache, auto_pipeline=False, 64 conns": lambda url, port, total: trio.run(
+        lambda: megatrio_cache_row(url, port, total, auto_pipeline=False, max_connections=64)
+    ),
+    "bare coredis on trio": lambda url, port, total: trio.run(
+        lambda: coredis_row(url, port, total, on_trio=True)
+    ),
+    "coredis on asyncio": lambda url, port, total: asyncio.run(
+        coredis_row(url, port, total, on_trio=False)
+    ),
+    "redis-py asyncio": lambda url, port, total: asyncio.run(redis_py_row(url, port, total)),
+    "redis-benchmark -c 64": redis_benchmark_row,
+}
+MEGATRIO = "megatrio cache (open_cache + RedisCache, trio)"
+REDIS_PY = "redis-py asyncio"
+REDIS_BENCHMARK = "redis-benchmark -c 64"
 
 
 @dataclass
 class Row:
     name: str
-    concurrency: int
-    samples: dict[str, list[Sample]] = field(default_factory=dict)
+    results: list[Result] = field(default_factory=list)
 
-    def best(self, side: str) -> float:
-        return max(sample.ops_per_second for sample in self.samples[side])
+    def best(self, kind: str) -> Sample:
+        return max((getattr(r, kind) for r in self.results), key=lambda s: s.ops_per_second)
 
-    def cpu(self, side: str) -> float:
-        return min(sample.cpu_us_per_op for sample in self.samples[side])
-
-    def paired_ratio(self) -> float:
-        """Median over repetitions of facade/bare ops/s, each pair measured back to back."""
-        ratios = sorted(
-            f.ops_per_second / b.ops_per_second
-            for f, b in zip(self.samples["facade"], self.samples["bare"], strict=True)
-        )
-        middle = len(ratios) // 2
-        if len(ratios) % 2:
-            return ratios[middle]
-        return (ratios[middle - 1] + ratios[middle]) / 2
+    def connections(self) -> str:
+        counts = sorted({r.connections for r in self.results})
+        return str(counts[0]) if len(counts) == 1 else f"{counts[0]}-{counts[-1]}"
 
 
-@dataclass(frozen=True)
-class Config:
-    repetitions: int
-    ops_serial: int
-    ops_concurrent: int
-
-
-def side_ops(client: RedisClient) -> dict[str, dict[str, Op]]:
-    """The operations of each side, by kind, on the same keys and the same bytes."""
-    facade = Cache(RedisCache(client), namespace=NAMESPACE)
-    memory = Cache(MemoryCache(max_entries=KEYS * 2), namespace=NAMESPACE)
-    keys = [f"k{i}" for i in range(KEYS)]
-    full_keys = [facade.full_key(key) for key in keys]
-    px = TTL_SECONDS * 1000
-
-    async def facade_set(i: int) -> None:
-        await facade.set(keys[i], VALUE, ttl_seconds=TTL_SECONDS)
-
-    async def facade_get(i: int) -> None:
-        if await facade.get(keys[i]) is None:
-            raise RuntimeError(f"cache miss for {keys[i]!r}: the GET rows must measure hits")
-
-    async def bare_set(i: int) -> None:
-        await client.set(full_keys[i], RAW_VALUE, px=px)
-
-    async def bare_get(i: int) -> None:
-        if await client.get(full_keys[i]) is None:
-            raise RuntimeError(f"cache miss for {full_keys[i]!r}: the GET rows must measure hits")
-
-    async def memory_set(i: int) -> None:
-        await memory.set(keys[i], VALUE, ttl_seconds=TTL_SECONDS)
-
-    async def memory_get(i: int) -> None:
-        if await memory.get(keys[i]) is None:
-            raise RuntimeError(f"cache miss for {keys[i]!r}: the GET rows must measure hits")
-
-    return {
-        "SET": {"facade": facade_set, "bare": bare_set, "memory": memory_set},
-        "GET": {"facade": facade_get, "bare": bare_get, "memory": memory_get},
-    }
-
-
-async def measure(cfg: Config, client: RedisClient) -> list[Row]:
-    ops = side_ops(client)
-    rows: list[Row] = []
-    for kind in ("SET", "GET"):  # SET first: GET then reads the keys SET stored
-        for concurrency in (1, 64):
-            total = cfg.ops_serial if concurrency == 1 else cfg.ops_concurrent
-            row = Row(kind, concurrency, {side: [] for side in ops[kind]})
-            if kind == "GET":  # every key present on every side, whatever ran before
-                for op in ops["SET"].values():
-                    await run_ops(op, KEYS, 1)
-            progress(f"{kind} x{concurrency}: warm-up")
-            for op in ops[kind].values():
-                await run_ops(op, total, concurrency)
-            for rep in range(cfg.repetitions):
-                # Interleaved, and the order alternates so neither side always goes first.
-                sides = list(ops[kind].items())
-                for side, op in sides if rep % 2 == 0 else reversed(sides):
-                    row.samples[side].append(await run_ops(op, total, concurrency))
+def measure(url: str, port: int, repetitions: int, total: int) -> dict[str, Row]:
+    rows = {name: Row(name) for name in ROWS}
+    names = list(ROWS)
+    for rep in range(repetitions):
+        order = names[rep % len(names) :] + names[: rep % len(names)]  # rotates: no fixed first
+        for name in order:
+            result = ROWS[name](url, port, total)
+            rows[name].results.append(result)
             progress(
-                f"{kind} x{concurrency}: facade {row.best('facade'):,.0f}/s, "
-                f"bare {row.best('bare'):,.0f}/s, memory {row.best('memory'):,.0f}/s, "
-                f"paired ratio {row.paired_ratio():.2f}"
+                f"rep {rep + 1}/{repetitions} {name}: SET {result.set.ops_per_second:,.0f}/s "
+                f"GET {result.get.ops_per_second:,.0f}/s, {result.connections} connections"
             )
-            rows.append(row)
     return rows
 
 
-def _area(filename: str, name: str) -> str:
-    """Which layer a profiled function belongs to."""
-    if "/megatrio/" in filename:
-        return "megatrio (Cache facade + RedisCache)"
-    if "json" in filename or "_json" in name or name.startswith("<method 'encode' of 'str"):
-        return "json (encode/decode)"
-    if "/coredis/" in filename:
-        return "coredis"
-    if "/trio/" in filename or "/anyio/" in filename or "/outcome/" in filename:
-        return "trio + anyio"
-    return "other (stdlib, builtins, this script)"
-
-
-async def profile_facade(cfg: Config, client: RedisClient) -> str:
-    """cProfile of the facade's SET and GET at 64 tasks: own time by layer, then by function."""
-    ops = side_ops(client)
+def profile_megatrio(url: str, port: int, total: int) -> str:
     profiler = cProfile.Profile()
     profiler.enable()
-    for kind in ("SET", "GET"):
-        await run_ops(ops[kind]["facade"], cfg.ops_concurrent, 64)
+    trio.run(megatrio_cache_row, url, port, total)
     profiler.disable()
     out = io.StringIO()
-    stats = pstats.Stats(profiler, stream=out)
-    by_area: dict[str, float] = {}
-    megatrio_functions: list[tuple[float, str]] = []
-    entries: dict[tuple[str, int, str], tuple[Any, ...]] = stats.stats  # type: ignore[attr-defined]
-    for (filename, line, name), (_, _, own, *_rest) in entries.items():
-        area = _area(filename, name)
-        by_area[area] = by_area.get(area, 0.0) + own
-        if area.startswith("megatrio"):
-            short = filename.split("/megatrio/", 1)[1]
-            megatrio_functions.append((own, f"megatrio/{short}:{line}({name})"))
-    total = sum(by_area.values())
-    out.write(f"own time by layer ({2 * cfg.ops_concurrent:,} operations, {total:.2f} s):\n")
-    for area, own in sorted(by_area.items(), key=lambda item: -item[1]):
-        per_op = own / (2 * cfg.ops_concurrent) * 1e6
-        out.write(f"  {area:<40} {own:6.2f} s  {100 * own / total:5.1f}%  {per_op:6.1f} us/op\n")
-    out.write("megatrio functions by own time:\n")
-    for own, where in sorted(megatrio_functions, reverse=True)[:8]:
-        out.write(f"  {own:6.3f} s  {where}\n")
-    out.write("\n")
-    stats.sort_stats("tottime").print_stats(20)
+    pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(25)
     return out.getvalue()
 
 
 # -- report ---------------------------------------------------------------------------------
 
 
-def table(rows: list[Row]) -> tuple[str, list[str]]:
+def table(rows: dict[str, Row]) -> str:
     lines = [
-        "| #  | operation      | Cache(RedisCache) | bare coredis |  ratio | paired | target  "
-        "| result | CPU/op facade | CPU/op bare | Cache(MemoryCache) |",
-        "|----|----------------|------------------:|-------------:|-------:|-------:|---------"
-        "|--------|--------------:|------------:|-------------------:|",
+        "| row | SET ops/s | SET p50 / p99 | GET ops/s | GET p50 / p99 | connections held |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
-    failed: list[str] = []
-    for number, row in enumerate(rows, start=1):
-        facade, bare, memory = row.best("facade"), row.best("bare"), row.best("memory")
-        ratio = facade / bare
-        ok = ratio >= TARGET
-        if not ok:
-            failed.append(str(number))
-        operation = f"{row.name} x{row.concurrency} task{'s' if row.concurrency > 1 else ''}"
+    for name, row in rows.items():
+        s, g = row.best("set"), row.best("get")
         lines.append(
-            f"| {number:<2} | {operation:<14} | {facade:>15,.0f}/s | {bare:>10,.0f}/s "
-            f"| {ratio:5.2f}x | {row.paired_ratio():5.2f}x | >= {TARGET:.1f}x "
-            f"| {'PASS' if ok else 'FAIL':<6} | {row.cpu('facade'):>10.1f} us "
-            f"| {row.cpu('bare'):>8.1f} us | {memory:>16,.0f}/s |"
+            f"| {name} | {s.ops_per_second:,.0f} | {s.p50_us:,.0f} / {s.p99_us:,.0f} us "
+            f"| {g.ops_per_second:,.0f} | {g.p50_us:,.0f} / {g.p99_us:,.0f} us "
+            f"| {row.connections()} |"
         )
-    return "\n".join(lines), failed
+    return "\n".join(lines)
 
 
-async def main(cfg: Config, mode: str, profile: bool) -> None:
+def ratios(rows: dict[str, Row]) -> tuple[str, bool]:
+    lines = []
+    ok = True
+    for other, target, label in (
+        (REDIS_PY, TARGET_REDIS_PY, "target"),
+        (REDIS_BENCHMARK, STRETCH_REDIS_BENCHMARK, "stretch"),
+    ):
+        for kind in ("set", "get"):
+            ratio = rows[MEGATRIO].best(kind).ops_per_second / rows[other].best(kind).ops_per_second
+            passed = ratio >= target
+            ok = ok and (passed or label == "stretch")
+            lines.append(
+                f"megatrio cache / {other} {kind.upper()}: {ratio:.2f}x "
+                f"({label} >= {target:.1f}x: {'PASS' if passed else 'MISS'})"
+            )
+    return "\n".join(lines), ok
+
+
+def main(repetitions: int, total: int, mode: str, profile: bool) -> int:
     started = time.perf_counter()
     load_before = os.getloadavg()[0]
     with private_redis() as (url, server_version):
-        async with open_redis(url) as client:
-            rows = await measure(cfg, client)
-            profile_text = await profile_facade(cfg, client) if profile else ""
+        port = int(url.rsplit(":", 1)[1].split("/")[0])
+        rows = measure(url, port, repetitions, total)
+        profile_text = profile_megatrio(url, port, total) if profile else ""
     load_after = os.getloadavg()[0]
     print(
-        f"megatrio Redis cache benchmark ({mode}) - Python {platform.python_version()}, "
-        f"trio {version('trio')}, anyio {version('anyio')}, coredis {version('coredis')}, "
-        f"redis-server {server_version}, megatrio {version('megatrio')}"
+        f"megatrio Redis benchmark ({mode}) - Python {platform.python_version()}, trio "
+        f"{version('trio')}, anyio {version('anyio')}, coredis {version('coredis')}, redis-py "
+        f"{version('redis')}, hiredis {version('hiredis')}, redis-server {server_version}, "
+        f"megatrio {version('megatrio')} (RESP parser: {PARSER})"
     )
     print(
-        f"ops/s: best of {cfg.repetitions} after one warm-up, sides interleaved (order "
-        f"alternating), gc.collect() then gc disabled on every side; ratio = best facade / "
-        f"best bare, paired = median of facade/bare over back-to-back repetitions; CPU/op = "
-        f"this process's CPU time per operation (best); {KEYS:,} keys, {len(RAW_VALUE)}-byte "
-        f"JSON value, SET with a {TTL_SECONDS} s TTL, GET all hits; {cfg.ops_serial:,} ops "
-        f"at 1 task, {cfg.ops_concurrent:,} ops over 64 tasks; one client (open_redis "
-        f"defaults) for both sides"
+        f"{TASKS} tasks (redis-benchmark: {TASKS} connections), {total:,} ops per phase, "
+        f"best of {repetitions} repetitions (row order rotating), warm-up phase first in each; "
+        f"{KEYS:,} keys, {len(RAW_VALUE)}-byte JSON value, SET with PX {PX}, GET all hits; "
+        f"latency per operation as each caller sees it"
     )
     print(
         f"machine: {os.cpu_count()} CPUs, 1-minute load average {load_before:.2f} before, "
-        f"{load_after:.2f} after (ops/s swing with other load; CPU/op much less)"
+        f"{load_after:.2f} after"
     )
     print()
-    text, failed = table(rows)
+    print(table(rows))
+    print()
+    text, ok = ratios(rows)
     print(text)
     print()
-    print("raw ops/s (CPU us/op) per repetition:")
-    for row in rows:
-        for side, samples in row.samples.items():
-            joined = ", ".join(f"{s.ops_per_second:,.0f} ({s.cpu_us_per_op:.1f})" for s in samples)
-            print(f"  {row.name} x{row.concurrency} {side}: {joined}")
-    print()
-    print(f"failed targets: {', '.join(failed) if failed else 'none'}")
+    print("raw ops/s per repetition (SET, GET, connections):")
+    for name, row in rows.items():
+        joined = ", ".join(
+            f"{r.set.ops_per_second:,.0f}/{r.get.ops_per_second:,.0f}/{r.connections}"
+            for r in row.results
+        )
+        print(f"  {name}: {joined}")
     print(f"total benchmark time {time.perf_counter() - started:.1f} s")
     if profile_text:
         print()
-        print("cProfile, facade SET and GET at 64 tasks (sorted by own time):")
+        print("cProfile, megatrio cache row (sorted by own time):")
         print(profile_text)
+    return 0 if ok else 1
 
 
-def parse_args(argv: list[str]) -> tuple[Config, str, bool]:
+def parse_args(argv: list[str]) -> tuple[int, int, str, bool]:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer operations and repetitions")
-    parser.add_argument("--profile", action="store_true", help="add a cProfile of the facade")
+    parser.add_argument("--profile", action="store_true", help="add a cProfile of megatrio")
     args = parser.parse_args(argv)
     if args.quick:
-        return Config(repetitions=3, ops_serial=1_000, ops_concurrent=3_200), "quick", args.profile
-    return Config(repetitions=9, ops_serial=3_000, ops_concurrent=12_800), "full", args.profile
+        return 2, 6_400, "quick", args.profile
+    return 5, 25_600, "full", args.profile
 
 
 if __name__ == "__main__":
-    config, run_mode, with_profile = parse_args(sys.argv[1:])
-    trio.run(main, config, run_mode, with_profile)
+    sys.exit(main(*parse_args(sys.argv[1:])))

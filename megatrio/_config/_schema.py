@@ -256,6 +256,10 @@ class Config:
     redis_url: str = attrs.field(
         default="", metadata=_meta(parse.url, "redis://HOST:PORT/DB for Redis-backed stores")
     )
+    redis_max_connections: int = attrs.field(
+        default=2,
+        metadata=_meta(parse.count(1), "connections the Redis client opens at most (pipelined)"),
+    )
     cache: dict[str, CacheConfig] = attrs.field(
         factory=lambda: {"default": CacheConfig()},
         converter=_with_default_cache,

@@ -44,7 +44,9 @@ async def start_stores(rt: Runtime, config: Config, *, directory: Path | None = 
     if config.redis_url:
         from ..services.stores._redis import open_redis
 
-        client = await rt.enter_async_context(open_redis(config.redis_url))
+        client = await rt.enter_async_context(
+            open_redis(config.redis_url, max_connections=config.redis_max_connections)
+        )
     base = Path.cwd() if directory is None else directory
     for alias, cache_config in config.cache.items():
         driver = await _driver(alias, cache_config, client, base)

@@ -18,7 +18,6 @@ from megatrio.services.stores._cache import Cache, open_cache
 from megatrio.services.stores._redis import (
     BackendUnavailable,
     CacheUnavailable,
-    RedisClient,
     open_redis,
     parse_redis_url,
     ttl_milliseconds,
@@ -26,6 +25,7 @@ from megatrio.services.stores._redis import (
 from megatrio.services.stores._redis_cache import RedisCache
 
 from ..servers import RedisServer, free_port
+from .redis_support import client_list, pttl, raw_keys
 
 pytestmark = pytest.mark.anyio
 
@@ -44,10 +44,6 @@ def frozen(server: RedisServer) -> Iterator[None]:
         yield
     finally:
         os.kill(server.proc.pid, signal.SIGCONT)
-
-
-async def raw_keys(client: RedisClient, pattern: str = "*") -> set[bytes]:
-    return set(await client.keys(pattern))
 
 
 async def wait_until(predicate: Callable[[], Awaitable[bool]]) -> None:
@@ -130,12 +126,12 @@ async def test_open_redis_pings_on_open_and_closes_its_connections_on_exit(
     async with open_redis(redis.url, client_name="watcher") as watcher:
         async with open_redis(redis.url, client_name="short-lived") as client:
             assert await client.ping() == b"PONG"
-            clients = await watcher.client_list()
+            clients = await client_list(watcher)
             assert any(c.get("name") == "short-lived" for c in clients)
 
         # The server sees the connection go as soon as the block has exited.
         async def gone() -> bool:
-            return all(c.get("name") != "short-lived" for c in await watcher.client_list())
+            return all(c.get("name") != "short-lived" for c in await client_list(watcher))
 
         await wait_until(gone)
 
@@ -209,13 +205,13 @@ async def test_ttl_becomes_px_and_none_means_no_expiry(redis: RedisServer) -> No
         cache = Cache(RedisCache(client), namespace="shop")
         start = trio.current_time()
         await cache.set("ttl", 1, ttl_seconds=5)
-        pttl = await client.pttl("mega:cache:shop:ttl")
+        remaining = await pttl(client, "mega:cache:shop:ttl")
         elapsed_ms = (trio.current_time() - start) * 1000  # Redis counts down meanwhile
-        assert 5_000 - elapsed_ms - 1 <= pttl <= 5_000
+        assert 5_000 - elapsed_ms - 1 <= remaining <= 5_000
         await cache.set("forever", 2)
-        assert await client.pttl("mega:cache:shop:forever") == -1
+        assert await pttl(client, "mega:cache:shop:forever") == -1
         await cache.set("ttl", 3)  # a plain SET clears the old expiry
-        assert await client.pttl("mega:cache:shop:ttl") == -1
+        assert await pttl(client, "mega:cache:shop:ttl") == -1
 
 
 async def test_redis_expires_entries_itself(redis: RedisServer) -> None:
@@ -254,7 +250,7 @@ async def test_get_or_set_computes_once_for_concurrent_misses(redis: RedisServer
         assert calls == 1
         assert results == [{"answer": 42}] * 20
         assert await client.get("mega:cache:shop:slow") == b'{"answer":42}'
-        assert 59_000 < await client.pttl("mega:cache:shop:slow") <= 60_000
+        assert 59_000 < await pttl(client, "mega:cache:shop:slow") <= 60_000
         assert await cache.get_or_set("slow", compute) == {"answer": 42}
         assert calls == 1
 
@@ -265,20 +261,21 @@ async def test_a_write_refused_by_maxmemory_noeviction_raises_cache_unavailable(
     async with open_redis(redis.url) as client:
         cache = Cache(RedisCache(client), namespace="shop")
         await cache.set("kept", 1)
-        old = await client.config_get(["maxmemory", "maxmemory-policy"])
-        await client.config_set({"maxmemory-policy": "noeviction", "maxmemory": 1})
+        old = await client.execute("CONFIG", "GET", "maxmemory*")
+        assert isinstance(old, list)
+        await client.execute("CONFIG", "SET", "maxmemory-policy", "noeviction", "maxmemory", 1)
         try:
             with pytest.raises(CacheUnavailable, match=r"cache SET 'mega:cache:shop:new'.*OOM"):
                 await cache.set("new", 2)
             assert await cache.get("kept") == 1  # reads still work
         finally:
-            await client.config_set(old)
+            await client.execute("CONFIG", "SET", *old)
 
 
 async def test_a_key_of_another_type_is_a_bug_not_an_outage(redis: RedisServer) -> None:
     async with open_redis(redis.url) as client:
         cache = Cache(RedisCache(client), namespace="shop")
-        await client.rpush("mega:cache:shop:list", [b"x"])
+        await client.execute("RPUSH", "mega:cache:shop:list", b"x")
         with pytest.raises(WrongTypeError):
             await cache.get("list")
 
@@ -306,7 +303,7 @@ async def test_cancelling_while_connecting_is_a_cancellation_and_leaks_no_pool_s
     async with open_redis(redis.url, max_connections=2) as client:
         cache = Cache(RedisCache(client), namespace="shop")
         await cache.set("k", "v")
-        client.connection_pool.disconnect()  # the next command has to connect again
+        client.disconnect()  # the next command has to connect again
         with frozen(redis):
             # The TCP connect succeeds (the kernel accepts), the HELLO handshake hangs.
             for _ in range(4):  # more than max_connections

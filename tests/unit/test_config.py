@@ -61,6 +61,14 @@ def test_list_values_from_the_environment_are_comma_separated(tmp_path: Path) ->
         ('bind = ["[zz]:80"]\n', "key 'bind': expected [IPV6]:PORT, but 'zz' is not an IPv6"),
         ("bind = []\n", "key 'bind': expected at least one HOST:PORT address"),
         ("bind = [1]\n", "key 'bind': expected a list of strings, got [1]"),
+        (
+            "redis_max_connections = 0\n",
+            "key 'redis_max_connections': expected an integer >= 1, got 0",
+        ),
+        (
+            'redis_max_connections = "8"\n',
+            "key 'redis_max_connections': expected an integer >= 1, got '8'",
+        ),
         ("colour = 1\n", "unknown key 'colour' (known keys: bind, admin_bind"),
         ("grace_seconds = \n", "not valid TOML"),
     ],
@@ -236,3 +244,14 @@ def test_the_default_cache_stays_unless_the_file_defines_it(tmp_path: Path) -> N
     path.write_text("[cache.default]\nmax_entries = 5\n")
     assert load_config(path=path, environ={}).cache == {"default": CacheConfig(max_entries=5)}
     assert list(Config(cache={"x": CacheConfig()}).cache) == ["default", "x"]
+
+
+def test_redis_max_connections_from_file_and_environment(tmp_path: Path) -> None:
+    from megatrio.services.stores._redis import DEFAULT_MAX_CONNECTIONS
+
+    assert Config().redis_max_connections == DEFAULT_MAX_CONNECTIONS  # one default, two places
+    path = tmp_path / "megatrio.toml"
+    path.write_text("redis_max_connections = 16\n")
+    assert load_config(path=path, environ={}).redis_max_connections == 16
+    environ = {"MEGATRIO_REDIS_MAX_CONNECTIONS": "2"}
+    assert load_config(path=path, environ=environ).redis_max_connections == 2

@@ -1,13 +1,20 @@
-"""The coredis internals megatrio patches exist, and a missing one is named loudly."""
+"""The coredis internals megatrio relies on exist, and a missing one is named loudly."""
 
 from __future__ import annotations
 
 import importlib.metadata
 import re
 
-import coredis.connection
-import coredis.pool
+import coredis.parser
 import pytest
+from coredis.exceptions import (
+    AuthenticationFailureError,
+    ConnectionError,
+    ReadOnlyError,
+    ResponseError,
+    UnknownCommandError,
+    WrongTypeError,
+)
 
 from megatrio.services.stores import _coredis
 from megatrio.services.stores._redis import open_redis
@@ -22,14 +29,36 @@ def test_every_internal_megatrio_uses_exists_in_this_coredis() -> None:
     _coredis.check_internals()
 
 
+@pytest.mark.parametrize(
+    ("message", "cls", "text"),
+    [
+        ("WRONGTYPE Operation against a key", WrongTypeError, "Operation against a key"),
+        ("READONLY You can't write", ReadOnlyError, "You can't write"),
+        ("WRONGPASS invalid username-password", AuthenticationFailureError, "invalid"),
+        ("ERR unknown command 'NOPE'", UnknownCommandError, "unknown command 'NOPE'"),
+        ("ERR max number of clients reached", ConnectionError, "max number"),
+        ("ERR syntax error", ResponseError, "syntax error"),
+        ("OOM command not allowed", ResponseError, "OOM command not allowed"),
+    ],
+)
+def test_error_replies_become_the_classes_coredis_raises(
+    message: str, cls: type[Exception], text: str
+) -> None:
+    error = _coredis.error_from_reply(message)
+    assert type(error) is cls
+    assert str(error).startswith(text)
+    # The same class as coredis' own parser would have made.
+    assert type(coredis.parser.Parser().parse_error(message)) is cls
+
+
 def test_a_missing_class_attribute_is_named_with_the_version(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.delattr(coredis.connection.BaseConnection, "run")
-    assert _coredis.missing_internals() == ["coredis.connection:BaseConnection.run"]
+    monkeypatch.delattr(coredis.parser.Parser, "EXCEPTION_CLASSES")
+    assert _coredis.missing_internals() == ["coredis.parser:Parser.EXCEPTION_CLASSES"]
     version = re.escape(importlib.metadata.version("coredis"))
     with pytest.raises(
-        RuntimeError, match=rf"coredis {version} lacks internals .*BaseConnection\.run"
+        RuntimeError, match=rf"coredis {version} lacks internals .*Parser\.EXCEPTION_CLASSES"
     ):
         _coredis.check_internals()
 
@@ -39,35 +68,14 @@ def test_a_missing_module_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
     assert _coredis.missing_internals() == ["coredis.nope:Thing"]
 
 
-def test_a_renamed_buffer_attribute_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    original = coredis.connection.TCPConnection.__init__
-
-    def init_with_a_renamed_buffer(self: object, *args: object, **kwargs: object) -> None:
-        original(self, *args, **kwargs)  # type: ignore[arg-type]
-        stream = self._push_message_buffer_out  # type: ignore[attr-defined]
-        del self._push_message_buffer_out  # type: ignore[attr-defined]
-        stream.close()
-
-    monkeypatch.setattr(coredis.connection.TCPConnection, "__init__", init_with_a_renamed_buffer)
-    assert _coredis.missing_internals() == ["TCPConnection(...)._push_message_buffer_out"]
-
-
-def test_a_pool_that_ignores_connection_class_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
-    # If coredis.Redis stopped passing connection_class= to the pool it builds, connections
-    # would silently be coredis' own, without the buffer fix.
-    original = coredis.pool.ConnectionPool.__init__
-
-    def init_with_coredis_connections(self: object, **kwargs: object) -> None:
-        kwargs["connection_class"] = coredis.connection.TCPConnection
-        original(self, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(coredis.pool.ConnectionPool, "__init__", init_with_coredis_connections)
+def test_a_table_of_another_shape_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(coredis.parser.Parser, "EXCEPTION_CLASSES", {"WRONGTYPE": "a string"})
     [message] = _coredis.missing_internals()
-    assert message.startswith("Redis(connection_pool_cls=...) building its pool")
+    assert message.startswith("coredis.parser:Parser.EXCEPTION_CLASSES as")
 
 
 async def test_open_redis_refuses_to_start_without_them(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delattr(coredis.connection.BaseConnection, "run")
-    with pytest.raises(RuntimeError, match=r"lacks internals .*BaseConnection\.run"):
+    monkeypatch.delattr(coredis.parser.Parser, "EXCEPTION_CLASSES")
+    with pytest.raises(RuntimeError, match=r"lacks internals .*EXCEPTION_CLASSES"):
         async with open_redis("redis://127.0.0.1:1/0"):
             pass

@@ -1,135 +1,68 @@
 """Every use of coredis' internals, in one module.
 
-megatrio talks to Redis through coredis' public client (``coredis.Redis``, its commands,
-exceptions, retry policies). One thing it patches, through coredis' own extension point
-(``coredis.Redis(connection_pool_cls=...)``) but relying on names that are not public API:
-
-- **Connections release their buffers when connecting fails.** ``BaseConnection.__init__``
-  creates three anyio memory-object stream pairs (``_write_buffer_in``/``_out``,
-  ``_push_message_buffer_in``/``_out``, ``_streamed_message_buffer_in``/``_out``), and
-  ``BaseConnection.run`` closes them only once the socket is open (they are entered in the same
-  ``async with`` as the stream). After a refused or timed-out connect they stay open, and anyio
-  warns (``ResourceWarning``) when they are collected: noise in production logs, an error in a
-  test suite run with ``-W error``. :class:`_TCPConnection` and :class:`_UnixConnection`
-  override ``run`` to close all six in a ``finally``; :class:`ConnectionPool` is coredis' pool
-  constructed with those classes in place of ``TCPConnection`` / ``UnixDomainSocketConnection``
-  (relying on ``coredis.Redis`` passing ``connection_class=`` to the pool it builds).
+megatrio's Redis client speaks RESP itself (:mod:`._redis_conn`) but raises coredis' public
+exception classes (``coredis.exceptions``), so code that catches them, and the stores' error
+mapping, see exactly what a coredis client raised. Which class an error reply becomes is
+coredis' own table, ``coredis.parser:Parser.EXCEPTION_CLASSES`` (error code, or error code
+then message prefix, to class), which is not public API: :func:`error_from_reply` applies it
+as coredis' parser does.
 
 :data:`REQUIRED` lists every coredis name this module relies on and :func:`missing_internals`
 reports those the installed coredis lacks. ``tests/unit/test_coredis_canary.py`` calls it, so
 an upgrade that renames one fails that test with the name; :func:`~._redis.open_redis` calls
 :func:`check_internals` too, so opening a client fails at once with the same message instead of
-warning or misbehaving later.
+misclassifying errors later.
 """
 
 from __future__ import annotations
 
-import importlib
 import importlib.metadata
-from typing import Any, Final
+from typing import Final
 
-import anyio
-import anyio.abc
-import coredis
-from coredis.connection import (
-    BaseConnection,
-    TCPConnection,
-    TCPLocation,
-    UnixDomainSocketConnection,
-)
-from coredis.pool import ConnectionPool as _CoredisPool
+from coredis.exceptions import RedisError, ResponseError
 
 from ..._util import missing_references
 
-REQUIRED: Final = (
-    "coredis.connection:BaseConnection.run",
-    "coredis.connection:TCPConnection",
-    "coredis.connection:TCPLocation",
-    "coredis.connection:UnixDomainSocketConnection",
-    "coredis.pool:ConnectionPool",
-)
+REQUIRED: Final = ("coredis.parser:Parser.EXCEPTION_CLASSES",)
 """``module:attribute.path`` of every coredis name used here."""
 
-BUFFER_ATTRIBUTES: Final = (
-    "_write_buffer_in",
-    "_write_buffer_out",
-    "_push_message_buffer_in",
-    "_push_message_buffer_out",
-    "_streamed_message_buffer_in",
-    "_streamed_message_buffer_out",
-)
-"""The memory streams a connection creates in ``__init__`` that :func:`_close_buffers` closes."""
+
+def _table() -> dict[str, type[RedisError] | dict[str, type[RedisError]]]:
+    from coredis.parser import Parser
+
+    return Parser.EXCEPTION_CLASSES
 
 
-def _close_buffers(connection: BaseConnection) -> None:
-    for name in BUFFER_ATTRIBUTES:
-        getattr(connection, name).close()
-
-
-class _TCPConnection(TCPConnection):
-    async def run(
-        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        try:
-            await super().run(task_status=task_status)
-        finally:
-            _close_buffers(self)
-
-
-class _UnixConnection(UnixDomainSocketConnection):
-    async def run(
-        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
-    ) -> None:
-        try:
-            await super().run(task_status=task_status)
-        finally:
-            _close_buffers(self)
-
-
-_CONNECTION_CLASSES: dict[type[BaseConnection], type[BaseConnection]] = {
-    TCPConnection: _TCPConnection,
-    UnixDomainSocketConnection: _UnixConnection,
-}
-
-
-class ConnectionPool(_CoredisPool[Any]):
-    """coredis' pool with connections that release their buffers even when connecting fails.
-
-    Pass it as ``coredis.Redis(connection_pool_cls=ConnectionPool)``.
-    """
-
-    def __init__(self, *, connection_class: type[BaseConnection], **kwargs: Any) -> None:
-        connection_class = _CONNECTION_CLASSES.get(connection_class, connection_class)
-        super().__init__(connection_class=connection_class, **kwargs)
+def error_from_reply(message: str) -> RedisError:
+    """The coredis exception for the error reply *message* (without its leading ``-``):
+    ``WRONGTYPE ...`` is a ``WrongTypeError``, ``READONLY ...`` a ``ReadOnlyError``, an unknown
+    code a ``ResponseError`` with the whole message. Not a checkpoint."""
+    code, _, rest = message.partition(" ")
+    found = _TABLE.get(code)
+    if found is None:
+        return ResponseError(message)
+    if isinstance(found, dict):
+        lowered = rest.lower()
+        for prefix, cls in found.items():
+            if lowered.startswith(prefix):
+                return cls(rest)
+        return ResponseError(rest)
+    return found(rest)
 
 
 def missing_internals() -> list[str]:
-    """The names of :data:`REQUIRED`, the buffer attributes and the pool wiring this coredis
-    lacks, each as a readable reference. Not a checkpoint; opens no connection.
-    """
+    """The names of :data:`REQUIRED` this coredis lacks, and a table of another shape, each
+    as a readable reference. Not a checkpoint; opens no connection."""
     missing = missing_references(REQUIRED)
     if missing:
         return missing
-    try:
-        connection = TCPConnection(TCPLocation("127.0.0.1", 6379))
-        client: coredis.Redis[bytes] = coredis.Redis(
-            host="127.0.0.1", port=6379, connection_pool_cls=ConnectionPool
-        )
-    except Exception as exc:  # a changed constructor is as fatal as a missing name
-        return [f"constructing TCPConnection(TCPLocation(...)), Redis(...): {exc!r}"]
-    for name in BUFFER_ATTRIBUTES:
-        stream = getattr(connection, name, None)
-        if stream is None or not callable(getattr(stream, "close", None)):
-            missing.append(f"TCPConnection(...).{name}")
-        else:
-            stream.close()  # never used: closed so that collecting it does not warn
-    used = getattr(client.connection_pool, "connection_class", None)
-    if used is not _TCPConnection:
-        missing.append(
-            "Redis(connection_pool_cls=...) building its pool with connection_class= "
-            f"(the pool uses {used!r})"
-        )
-    return missing
+    table = _table()
+    if not isinstance(table, dict) or not all(
+        isinstance(value, dict) or (isinstance(value, type) and issubclass(value, RedisError))
+        for value in table.values()
+    ):
+        return ["coredis.parser:Parser.EXCEPTION_CLASSES as {code: class or {prefix: class}}"]
+    return []
 
 
 def check_internals() -> None:
@@ -140,3 +73,8 @@ def check_internals() -> None:
         raise RuntimeError(
             f"coredis {version} lacks internals megatrio relies on: {', '.join(missing)}"
         )
+
+
+_TABLE: dict[str, type[RedisError] | dict[str, type[RedisError]]] = (
+    _table() if not missing_internals() else {}
+)

@@ -38,7 +38,8 @@ class RedisCache:
     Every method is a checkpoint and raises :class:`CacheUnavailable` when Redis cannot serve
     (see the module docstring); cancelling one cancels only the wait for its reply. Errors
     that are not about availability — say, ``WRONGTYPE`` because something else wrote a list
-    under the cache's prefix — are bugs, not outages, and propagate as coredis raised them.
+    under the cache's prefix — are bugs, not outages, and propagate as the client raised them
+    (coredis' exception classes).
     """
 
     def __init__(self, client: RedisClient) -> None:
@@ -63,8 +64,7 @@ class RedisCache:
 
     async def delete(self, key: str) -> bool:
         try:
-            # coredis takes a list of keys; a bare string would be read as its characters.
-            return await self.client.delete([key]) == 1
+            return await self.client.delete(key) == 1
         except Exception as exc:
             if not is_unavailable(exc):
                 raise
@@ -72,7 +72,7 @@ class RedisCache:
 
     async def has(self, key: str) -> bool:
         try:
-            return await self.client.exists([key]) == 1
+            return await self.client.exists(key) == 1
         except Exception as exc:
             if not is_unavailable(exc):
                 raise

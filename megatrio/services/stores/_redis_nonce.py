@@ -10,7 +10,6 @@ from typing import final
 from urllib.parse import quote
 
 import anyio.lowlevel
-from coredis.tokens import PureToken
 
 from ..._policy._checks import check_seconds
 from ..._policy._nonces import NonceVerdict
@@ -98,7 +97,7 @@ class RedisNonceStore:
         px = ttl_milliseconds(timestamp + self.skew_seconds - now)
         key = self.key(sender, nonce)
         try:
-            stored = await self.client.set(key, b"1", condition=PureToken.NX, px=px)
+            stored = await self.client.set(key, b"1", px=px, nx=True)
         except Exception as exc:
             if not is_unavailable(exc):
                 raise
