@@ -56,6 +56,11 @@ from .services.stores._nonce import open_nonces as open_nonces
 from .services.stores._retry_queue import DrainSummary as DrainSummary
 from .services.stores._retry_queue import QueuedEntry as QueuedEntry
 from .services.stores._retry_queue import RetryQueue as RetryQueue
+from .services.ws._connection import Connection as Connection
+from .services.ws._endpoint import Reject as Reject
+from .services.ws._endpoint import WebSocketEndpoint as WebSocketEndpoint
+from .services.ws._endpoint import WebSocketSettings as WebSocketSettings
+from .services.ws._hub import Hub as Hub
 from .supervisor import NO_BACKOFF as NO_BACKOFF
 from .supervisor import Backoff as Backoff
 from .supervisor import ChildSpec as ChildSpec
@@ -129,14 +134,16 @@ __all__ = (
     "CacheUnavailable",
     "ChildContext",
     "ChildSpec",
-    "Config",
     "Codec",
+    "Config",
     "ConfigError",
+    "Connection",
     "DeadLetter",
     "Delivery",
     "DrainSummary",
     "EmbeddedDriver",
     "FileCache",
+    "Hub",
     "JobDriver",
     "JobSettings",
     "JobSpec",
@@ -156,14 +163,15 @@ __all__ = (
     "Redactor",
     "RedisCache",
     "RedisNonceStore",
+    "Reject",
     "Restart",
     "RestartIntensityExceeded",
     "RestartWindow",
     "RetryQueue",
-    "SendResult",
-    "Settle",
     "Runtime",
+    "SendResult",
     "Serving",
+    "Settle",
     "StartupFailed",
     "Strategy",
     "Subscription",
@@ -171,6 +179,8 @@ __all__ = (
     "SupervisorNotRunning",
     "TelegramSender",
     "TokenBucket",
+    "WebSocketEndpoint",
+    "WebSocketSettings",
     "WebhookSender",
     "configure_logging",
     "current_child",

@@ -7,6 +7,7 @@ Never mocks: a test that needs Redis or NATS talks to a real ``redis-server`` or
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -45,6 +47,27 @@ def stop_process(proc: subprocess.Popen[bytes] | None, sig: signal.Signals) -> N
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
+
+
+@contextlib.contextmanager
+def frozen(proc: subprocess.Popen[bytes] | None) -> Iterator[None]:
+    """*proc* stopped with SIGSTOP for the block — connected, silent — and only once the
+    kernel reports it stopped (a signal is delivered asynchronously: a busy machine lets the
+    process answer a request or two after ``kill`` returned)."""
+    assert proc is not None
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        deadline = time.monotonic() + 10
+        while _state(proc.pid) not in ("T", "t") and time.monotonic() < deadline:
+            time.sleep(0.001)
+        yield
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+
+
+def _state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as stat:
+        return stat.read().rpartition(")")[2].split()[0]
 
 
 class RedisServer:

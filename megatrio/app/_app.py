@@ -25,7 +25,7 @@ or a subclass (``megatrio run module:Hello`` instantiates it with no arguments):
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from quart_trio import QuartTrio
@@ -37,6 +37,8 @@ from ..services.jobs._codec import JSON, Codec
 from ..services.jobs._driver import JobSettings
 from ..services.jobs._jobs import Jobs, JobSpec
 from ..services.stores._cache import Cache
+from ..services.ws._endpoint import WebSocketEndpoint, WebSocketSettings
+from ..services.ws._hub import Hub
 from ..supervisor import ChildSpec
 
 if TYPE_CHECKING:
@@ -77,6 +79,8 @@ class App:
         register_error_pages(self.http)
         self._children: list[ChildSpec] = []
         self._jobs: dict[str, JobSpec] = {}
+        self._ws: list[WebSocketEndpoint] = []
+        self._hub: Hub | None = None
         self._rt: Runtime | None = None
         self.setup()
 
@@ -189,6 +193,51 @@ class App:
             return handler
 
         return register
+
+    def ws(self, rule: str, **settings: Any) -> WebSocketEndpoint:
+        """Declare a WebSocket endpoint on *rule* (``"/chat/<room>"``), served on the HTTP
+        port; register its handlers with the decorators of the endpoint returned::
+
+            chat = app.ws("/chat/<room>")
+
+            @chat.on_message
+            async def message(conn, data):
+                app.hub.broadcast(conn.params["room"], data)
+
+        *settings* are :class:`megatrio.WebSocketSettings`' fields (``max_message_bytes``,
+        ``max_buffered_bytes``, ``send_timeout_seconds``, ``ping_interval_seconds``,
+        ``ping_timeout_seconds``, ``rate_per_second``, ``json``...). Each connection is a task
+        tree under the ``ws`` child: a reader, a writer draining a bounded send queue, a
+        heartbeat; see :class:`megatrio.Connection` for what handlers get.
+
+        Raises:
+            ValueError: a malformed rule, a rule declared already, or an invalid setting.
+            TypeError: an unknown setting or one of the wrong type.
+        """
+        if any(endpoint.rule == rule for endpoint in self._ws):
+            raise ValueError(f"app {self.name!r} already has a WebSocket endpoint {rule!r}")
+        endpoint = WebSocketEndpoint(rule, WebSocketSettings(**settings))
+        self._ws.append(endpoint)
+        return endpoint
+
+    def ws_endpoints(self) -> Sequence[WebSocketEndpoint]:
+        """The declared WebSocket endpoints, in declaration order."""
+        return tuple(self._ws)
+
+    @property
+    def hub(self) -> Hub:
+        """The WebSocket hub while the app is served: ``app.hub.broadcast(channel, msg)``,
+        ``app.hub.send_to(conn_id, msg)``, ``app.hub.members(channel)``.
+
+        Raises:
+            RuntimeError: the app is not being served, or declares no WebSocket endpoint.
+        """
+        if self._hub is None:
+            raise RuntimeError(
+                f"app {self.name!r} has no WebSocket hub: it is not being served, or it "
+                "declares no endpoint with app.ws(...)"
+            )
+        return self._hub
 
     def job_specs(self) -> Iterable[JobSpec]:
         """The declared jobs, in declaration order. Override to compute them."""

@@ -21,11 +21,13 @@ from ..services.http._admin import admin_app
 from ..services.http._server import ASGIApp, HttpOptions, health_front, serve_http
 from ..services.http._sockets import bind_listeners, closing_all
 from ..services.logs._redact import Redactor
+from ..services.ws._hub import Hub
 from ..supervisor import ChildSpec
 from ._app import App
 from ._jobs import open_jobs
 from ._nats import open_bus
 from ._stores import start_stores
+from ._ws import upgrade_router
 
 log = logging.getLogger("megatrio.serve")
 
@@ -139,11 +141,23 @@ async def serve_app(
             rt.push_async_callback(app.on_stop, rt)
             http_urls: object = []
             if not jobs_only:
+                options = http_options(config)
+                endpoints = app.ws_endpoints()
+                if endpoints:
+                    # Before the listener, so a handshake never finds it missing; stopped
+                    # after it, whose graceful stop has sent every connection 1001 by then.
+                    hub = Hub(endpoints, redactor=redactor)
+                    await rt.start_child(
+                        ChildSpec("ws", hub.run, shutdown_seconds=config.grace_seconds)
+                    )
+                    app._hub = hub
+                    rt.push_async_callback(_forget_hub, app)
+                    options = attrs.evolve(options, upgrade=upgrade_router(hub))
                 front = health_front(app.asgi(), readiness)
                 http_urls = await rt.start_child(
                     ChildSpec(
                         "http",
-                        functools.partial(serve_http_on, options=http_options(config)),
+                        functools.partial(serve_http_on, options=options),
                         (front, public, "http", config.grace_seconds),
                         shutdown_seconds=config.grace_seconds,
                     )
@@ -274,6 +288,10 @@ def http_options(config: Config) -> HttpOptions:
         certfile=config.certfile,
         keyfile=config.keyfile,
     )
+
+
+async def _forget_hub(app: App) -> None:
+    app._hub = None
 
 
 async def _detach(app: App) -> None:

@@ -3,7 +3,6 @@ run concurrently with coalesced crossings, and one caller's failure is its own."
 
 from __future__ import annotations
 
-import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -16,7 +15,7 @@ from megatrio.services.jobs._jetstream import JetStreamDriver
 from megatrio.services.nats._bridge import AsyncioBridge
 from megatrio.services.nats._connection import NatsConnection, open_nats
 
-from ..servers import NatsServer
+from ..servers import NatsServer, frozen
 
 pytestmark = pytest.mark.anyio
 
@@ -92,9 +91,7 @@ async def test_a_cancelled_enqueue_is_stopped_on_the_loop_and_nothing_waits(
     bridge = driver_bridge(driver)
     engine = driver.engine
     assert isinstance(engine, JetStreamDriver)
-    assert nats.proc is not None
-    nats.proc.send_signal(signal.SIGSTOP)  # connected and silent: no acknowledgement comes
-    try:
+    with frozen(nats.proc):  # connected and silent: no acknowledgement comes
         with trio.fail_after(5):
             with trio.move_on_after(0.2) as scope:
                 async with trio.open_nursery() as nursery:
@@ -104,8 +101,6 @@ async def test_a_cancelled_enqueue_is_stopped_on_the_loop_and_nothing_waits(
         # Cancelled was raised only once the loop had stopped every one of them.
         assert bridge._live == set()
         assert await driver._conn.run(_waiting, engine) == 0
-    finally:
-        nats.proc.send_signal(signal.SIGCONT)
     with trio.fail_after(10):
         assert await driver.enqueue("work", b"after") >= 1
 

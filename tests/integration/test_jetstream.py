@@ -9,7 +9,7 @@ import json
 import signal
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from megatrio.services.jobs._driver import DeadLetter, JobSettings, Settle
 from megatrio.services.jobs._jetstream import JetStreamDriver, ack_reply_fields, backoff_for
 from megatrio.services.stores._redis import BackendUnavailable
 
-from ..servers import NatsServer, start_nats_cluster, wait_meta_leader
+from ..servers import NatsServer, frozen, start_nats_cluster, wait_meta_leader
 
 pytestmark = pytest.mark.anyio
 
@@ -446,17 +446,6 @@ async def test_a_deleted_stream_is_named(nats: NatsServer) -> None:
             await driver.enqueue("a", b"x")
 
 
-@contextlib.contextmanager
-def frozen(server: NatsServer) -> Iterator[None]:
-    """The server stopped with SIGSTOP for the block: connected, silent."""
-    assert server.proc is not None
-    server.proc.send_signal(signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        server.proc.send_signal(signal.SIGCONT)
-
-
 async def test_enqueues_to_a_frozen_server_time_out_together_and_it_recovers(
     nats: NatsServer,
 ) -> None:
@@ -471,7 +460,7 @@ async def test_enqueues_to_a_frozen_server_time_out_together_and_it_recovers(
             except BackendUnavailable as exc:
                 errors.append(exc)
 
-        with frozen(nats):
+        with frozen(nats.proc):
             began = time.monotonic()
             with anyio.fail_after(5):
                 async with anyio.create_task_group() as tg:
@@ -494,7 +483,7 @@ async def test_a_cancelled_enqueue_is_stopped_and_nothing_waits_for_its_answer(
 ) -> None:
     async with open_driver(nats.url, request_timeout_seconds=30) as driver:
         await driver.declare([JobSettings("a")])
-        with frozen(nats):
+        with frozen(nats.proc):
             with anyio.move_on_after(0.2) as scope:
                 await driver.enqueue("a", b"x")
             assert scope.cancelled_caught

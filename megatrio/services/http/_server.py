@@ -54,6 +54,7 @@ from ._error_pages import accept_of, prefers_json, render_error
 from ._hypercorn import HypercornServer, OrderedSendStream, make_config
 from ._proxy_headers import TrustedPeers, proxy_headers
 from ._sockets import bind_listeners, closing_all, socket_url
+from ._upgrade import ReplayStream, UpgradeRouter, parse_head, read_head
 
 log = logging.getLogger("megatrio.http")
 
@@ -164,6 +165,9 @@ class HttpOptions:
     certfile: str = ""
     """PEM certificate chain; with :attr:`keyfile`, connections are TLS (HTTP/2 by ALPN)."""
     keyfile: str = ""
+    upgrade: UpgradeRouter | None = None
+    """Who else may serve a connection, decided from its first request head (see
+    :mod:`._upgrade`): the WebSocket hub's way onto this port. None: hypercorn serves all."""
 
 
 async def serve_http(
@@ -249,6 +253,9 @@ class _Server:
         self._graceful_seconds = graceful_seconds
         self._limit = options.max_concurrent_connections
         self._ssl_context = ssl_context
+        self._upgrade = options.upgrade
+        self._head_timeout = options.keep_alive_timeout_seconds
+        self._stop_began = trio.Event()
         self._ctx: ChildContext | None = current_child()
         self._unavailable = hypercorn.wrap(_unavailable)
         self._tracebacks = TokenBucket.per_period(_TRACEBACKS_PER_MINUTE, 60.0)
@@ -283,6 +290,7 @@ class _Server:
                 listener.socket.close()
             await self._hypercorn.stop_keep_alive()
             self._stopping = True
+            self._stop_began.set()
             if not self._live:
                 self._drained.set()
             connections.cancel_scope.deadline = trio.current_time() + self._graceful_seconds
@@ -352,7 +360,10 @@ class _Server:
                 transport, self._ssl_context, server_side=True, https_compatible=True
             )
         try:
-            await self._hypercorn.serve(stream, app)
+            if self._upgrade is None or rejected:
+                await self._hypercorn.serve(stream, app)
+            else:
+                await self._route(stream, peer)
         except BaseException as exc:
             error, propagate = split_exit(exc)
             del exc
@@ -370,6 +381,20 @@ class _Server:
             self._annotate()
             if self._stopping and not self._live:
                 self._drained.set()
+
+    async def _route(self, stream: trio.abc.Stream, peer: str) -> None:
+        """Hypercorn, or the upgrade router's handler, by the first request head."""
+        assert self._upgrade is not None
+        head, complete = await read_head(stream, self._head_timeout)
+        if not head:
+            return  # closed or silent before a first byte: nothing to serve
+        request = parse_head(head) if complete else None
+        handler = self._upgrade(request) if request is not None else None
+        replay = ReplayStream(stream, head)
+        if handler is None:
+            await self._hypercorn.serve(replay)
+        else:
+            await handler(replay, peer, self._stop_began)
 
     def _connection_failed(self, error: Exception, peer: str) -> None:
         self.connection_errors += 1

@@ -1,0 +1,291 @@
+"""The WebSocket hub: every connection of this process, its channels, and the supervised child
+their task trees live under.
+
+:meth:`Hub.run` is the child (``ws`` in the tree). A listener that has a WebSocket handshake
+hands the connection over with :meth:`Hub.serve`, which runs the connection's task tree in the
+hub's task group and waits for it there: the tree is the hub's, and cancelling the listener's
+task (its graceful deadline) cancels the tree and waits for it. A connection's failure —
+whatever a handler or a peer does — is contained to it: logged once, counted, never the hub's
+crash.
+
+**Channels.** :meth:`Hub.broadcast` encodes a message once and only *offers* it to each
+member's send queue: it never awaits a socket, so one stalled client cannot slow the others
+(its queue fills and it is closed with 1013, or, on a ``drop_oldest`` channel, its oldest
+messages of that channel are dropped). Membership is local to this process.
+
+**Stopping.** The hub stops after the HTTP listener that feeds it began its graceful stop
+(every connection has been sent 1001 by then, through its stop watcher); what is still open
+when the hub itself is asked to stop is closed with 1001 the same way, and the hub returns once
+every connection has ended (its deadline cancels the rest).
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import os
+import socket
+from collections.abc import Iterable, Sequence
+
+import anyio.abc
+import trio
+import trio_websocket
+
+from ...nursery._child import ChildContext, current_child
+from ...nursery._errors import describe, log_exception, split_exit
+from ..logs._redact import Redactor
+from ._connection import GOING_AWAY, Connection, encode
+from ._endpoint import WebSocketEndpoint
+
+log = logging.getLogger("megatrio.ws")
+
+_ANNOTATE_SECONDS = 1.0
+_HANDSHAKE_SECONDS = 10.0
+
+
+class Hub:
+    """The WebSocket endpoints *endpoints* of this process (module docstring). *node* names
+    this process in connection ids (default: host and pid)."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[WebSocketEndpoint],
+        *,
+        node: str | None = None,
+        redactor: Redactor | None = None,
+    ) -> None:
+        self.endpoints = tuple(endpoints)
+        self.node = node or f"{socket.gethostname()}-{os.getpid()}"
+        self._redactor = redactor or Redactor()
+        self._ids = itertools.count(1)
+        self.connections: dict[str, Connection] = {}
+        self._channels: dict[str, set[Connection]] = collections.defaultdict(set)
+        self._drop_oldest: set[str] = set()
+        self._group: trio.Nursery | None = None
+        self._ctx: ChildContext | None = None
+        self._idle = trio.Event()
+        self._idle.set()
+        self.closes: collections.Counter[int] = collections.Counter()
+        self.rejections: collections.Counter[int] = collections.Counter()
+        self.handler_errors = 0
+        self.connection_errors = 0
+        self.accepted = 0
+
+    # -- routing ------------------------------------------------------------------------------
+
+    def match(self, path: str) -> tuple[WebSocketEndpoint, dict[str, str]] | None:
+        for endpoint in self.endpoints:
+            params = endpoint.match(path)
+            if params is not None:
+                return endpoint, params
+        return None
+
+    # -- channels -----------------------------------------------------------------------------
+
+    def configure_channel(self, channel: str, *, drop_oldest: bool) -> None:
+        """*drop_oldest*: a member whose queue is full loses the oldest messages queued with
+        that setting (ephemeral data) instead of being closed."""
+        if drop_oldest:
+            self._drop_oldest.add(channel)
+        else:
+            self._drop_oldest.discard(channel)
+
+    def join(self, conn: Connection, channel: str) -> None:
+        if conn.conn_state.value == "closed":
+            return
+        self._channels[channel].add(conn)
+        conn.channels.add(channel)
+
+    def leave(self, conn: Connection, channel: str) -> None:
+        members = self._channels.get(channel)
+        if members is not None:
+            members.discard(conn)
+            if not members:
+                del self._channels[channel]
+        conn.channels.discard(channel)
+
+    def members(self, channel: str) -> list[str]:
+        """The ids of this process's connections in *channel*."""
+        return [conn.id for conn in self._channels.get(channel, ())]
+
+    def channels(self) -> dict[str, int]:
+        """Every channel with members here, and how many."""
+        return {name: len(members) for name, members in self._channels.items()}
+
+    def broadcast(self, channel: str, message: object, *, exclude: Iterable[str] = ()) -> int:
+        """Offer *message* (encoded once) to every member of *channel* but those in
+        *exclude*; how many queued it. Not a checkpoint: it never waits."""
+        members = self._channels.get(channel)
+        if not members:
+            return 0
+        frame, size = encode(message)
+        drop_oldest = channel in self._drop_oldest
+        skip = set(exclude)
+        queued = 0
+        # A copy: a member that overflows leaves the channel as its connection closes.
+        for conn in list(members):
+            if conn.id not in skip and conn.offer(frame, size, drop_oldest=drop_oldest):
+                queued += 1
+        return queued
+
+    def send_to(self, conn_id: str, message: object) -> bool:
+        """Offer *message* to connection *conn_id* of this process; False if there is none
+        (or its queue refused it)."""
+        conn = self.connections.get(conn_id)
+        return conn is not None and conn.send(message)
+
+    @property
+    def queued_bytes(self) -> int:
+        return sum(conn.queued_bytes for conn in self.connections.values())
+
+    # -- the child ----------------------------------------------------------------------------
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Run the hub until stopped: reports started once connections can be handed over."""
+        self._ctx = current_child()
+        async with trio.open_nursery() as group:
+            self._group = group
+            group.start_soon(self._annotate_every_second)
+            task_status.started()
+            if self._ctx is None:
+                await trio.sleep_forever()
+            await self._ctx.wait_stopping()
+            for conn in list(self.connections.values()):
+                conn.close(GOING_AWAY, "server going away")
+            await self._idle.wait()
+            group.cancel_scope.cancel()
+        self._group = None
+        self._annotate()
+
+    async def serve(
+        self,
+        endpoint: WebSocketEndpoint,
+        params: dict[str, str],
+        stream: trio.abc.Stream,
+        peer: str,
+        stopping: trio.Event,
+    ) -> None:
+        """Serve the WebSocket handshake waiting on *stream* with *endpoint*, as a task tree
+        of the hub; return when it has ended. Cancelled, it cancels that tree and waits."""
+        done = trio.Event()
+        scope = trio.CancelScope()
+        group = self._group
+        if group is None:
+            await _refuse(stream)
+            return
+        group.start_soon(self._contained, endpoint, params, stream, peer, stopping, scope, done)
+        try:
+            await done.wait()
+        except trio.Cancelled:
+            scope.cancel()
+            with trio.CancelScope(shield=True):
+                await done.wait()
+            raise
+
+    async def _contained(
+        self,
+        endpoint: WebSocketEndpoint,
+        params: dict[str, str],
+        stream: trio.abc.Stream,
+        peer: str,
+        stopping: trio.Event,
+        scope: trio.CancelScope,
+        done: trio.Event,
+    ) -> None:
+        try:
+            with scope:
+                async with trio.open_nursery() as protocol:
+                    with trio.move_on_after(_HANDSHAKE_SECONDS) as handshake:
+                        request = await trio_websocket.wrap_server_stream(
+                            protocol,
+                            stream,
+                            max_message_size=endpoint.settings.max_message_bytes,
+                        )
+                    if handshake.cancelled_caught:
+                        protocol.cancel_scope.cancel()
+                        return
+                    conn = Connection(
+                        self, endpoint, f"{self.node}:{next(self._ids)}", request, params, peer
+                    )
+                    await conn.run(request, stopping)
+                    protocol.cancel_scope.cancel()
+        except BaseException as exc:
+            error, propagate = split_exit(exc)
+            del exc
+            if error is not None:
+                self._connection_failed(error, peer)
+            if propagate is not None:
+                raise propagate from None
+        finally:
+            done.set()
+
+    # -- what connections report ------------------------------------------------------------
+
+    def opened(self, conn: Connection) -> None:
+        self.connections[conn.id] = conn
+        self.accepted += 1
+        self._idle = trio.Event()
+
+    def closed(self, conn: Connection) -> None:
+        for channel in list(conn.channels):
+            self.leave(conn, channel)
+        if self.connections.pop(conn.id, None) is not None:
+            self.closes[conn.close_code or 1006] += 1
+        if not self.connections:
+            self._idle.set()
+
+    def rejected(self, conn: Connection, status: int) -> None:
+        self.rejections[status] += 1
+
+    def handler_failed(self, conn: Connection, handler: str, error: Exception) -> None:
+        self.handler_errors += 1
+        log_exception(
+            log,
+            logging.ERROR,
+            error,
+            "ws %s: %s of connection %s failed: %s",
+            conn.endpoint.rule,
+            handler,
+            conn.id,
+            self._redactor.scrub(describe(error)),
+        )
+
+    def _connection_failed(self, error: Exception, peer: str) -> None:
+        self.connection_errors += 1
+        log.warning(
+            "ws: connection from %s failed and was closed: %s",
+            peer,
+            self._redactor.scrub(describe(error)),
+        )
+
+    # -- reporting ------------------------------------------------------------------------------
+
+    async def _annotate_every_second(self) -> None:
+        while True:
+            self._annotate()
+            await trio.sleep(_ANNOTATE_SECONDS)
+
+    def _annotate(self) -> None:
+        if self._ctx is not None:
+            self._ctx.annotate(
+                connections=len(self.connections),
+                channels=len(self._channels),
+                queued_bytes=self.queued_bytes,
+                accepted=self.accepted,
+                closes={str(code): n for code, n in sorted(self.closes.items())},
+                rejected={str(code): n for code, n in sorted(self.rejections.items())},
+                handler_errors=self.handler_errors,
+                connection_errors=self.connection_errors,
+            )
+
+
+async def _refuse(stream: trio.abc.Stream) -> None:
+    # No hub running (starting or stopped): the client may retry elsewhere.
+    with trio.move_on_after(1):
+        await stream.send_all(
+            b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\n"
+            b"Connection: close\r\n\r\n"
+        )
