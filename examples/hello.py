@@ -2,7 +2,8 @@
 
 Serve it from the repository root with ``megatrio run examples.hello:app`` (no Redis or NATS
 needed: the job runs on the embedded engine), then try ``curl localhost:8000/``, ``/readyz``,
-``curl -X POST localhost:8000/greet/ada`` and ``megatrio tree``.
+``curl -X POST localhost:8000/greet/ada``, ``megatrio tree``, and the WebSocket chat room at
+http://localhost:8000/chat (two browser tabs talk to each other).
 """
 
 from __future__ import annotations
@@ -55,6 +56,41 @@ async def greet(payload: dict[str, Any]) -> None:
 async def enqueue_greeting(name: str) -> dict[str, object]:
     sequence = await app.jobs.enqueue("hello.greet", {"name": name})
     return {"queued": sequence}
+
+
+# A WebSocket endpoint on the HTTP port: each connection is a small task tree under the "ws"
+# child (reader, writer with a bounded send queue, heartbeat pings).
+chat = app.ws("/chat/<room>", max_message_bytes=4096)
+
+
+@chat.on_connect
+async def chat_connect(conn: megatrio.Connection) -> None:
+    conn.join(conn.params["room"])
+    app.hub.broadcast(conn.params["room"], {"joined": conn.id}, exclude=[conn.id])
+
+
+@chat.on_message
+async def chat_message(conn: megatrio.Connection, message: Any) -> None:
+    # Encoded once, only queued for each member: a stalled reader never slows the others.
+    app.hub.broadcast(conn.params["room"], {"from": conn.id, "text": str(message)[:500]})
+
+
+CHAT_PAGE = """<!doctype html><meta charset=utf-8><title>megatrio chat</title>
+<pre id=log></pre><input id=text placeholder="say something" autofocus>
+<script>
+const ws = new WebSocket(`ws://${location.host}/chat/lobby`);
+const log = (line) => document.getElementById("log").textContent += line + "\\n";
+ws.onmessage = (event) => log(event.data);
+ws.onclose = (event) => log(`closed ${event.code} ${event.reason}`);
+document.getElementById("text").onkeydown = (event) => {
+  if (event.key === "Enter") { ws.send(JSON.stringify(event.target.value)); event.target.value = ""; }
+};
+</script>"""
+
+
+@app.get("/chat")
+async def chat_page() -> tuple[str, int, dict[str, str]]:
+    return CHAT_PAGE, 200, {"Content-Type": "text/html; charset=utf-8"}
 
 
 @app.every(10.0)

@@ -364,3 +364,59 @@ async def _raw_handshake(url: str, path: str) -> socket.socket:
         head += await trio.to_thread.run_sync(sock.recv, 1)
     assert head.startswith(b"HTTP/1.1 101")
     return sock
+
+
+async def test_the_readme_example_chat_room_works() -> None:
+    from examples.hello import app as hello
+
+    with trio.fail_after(30):
+        async with serving(hello) as (serving_, url):
+            async with client(f"{url}/chat/lobby") as ada, client(f"{url}/chat/lobby") as bob:
+                joined = await receive_json(ada)  # bob joined after ada
+                assert "joined" in joined
+                await bob.send_message(json.dumps("hi ada"))
+                assert (await receive_json(ada))["text"] == "hi ada"
+                assert (await receive_json(bob))["text"] == "hi ada"
+            host, port = serving_.http[0].removeprefix("http://").rsplit(":", 1)
+            stream = await trio.open_tcp_stream(host, int(port))
+            async with stream:
+                await stream.send_all(b"GET /chat HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+                page = b""
+                with trio.fail_after(5):
+                    while chunk := await stream.receive_some():
+                        page += chunk
+            assert b"new WebSocket(" in page
+
+
+async def test_malformed_handshakes_and_garbage_frames_fail_alone() -> None:
+    app = chat_app()
+    with trio.fail_after(30):
+        async with serving(app) as (_, url):
+            host, port = url.removeprefix("ws://").rsplit(":", 1)
+            for bad, status in (
+                (
+                    b"GET /chat/a HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n"
+                    b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n\r\n",
+                    b"400",  # no Sec-WebSocket-Key
+                ),
+                (
+                    HANDSHAKE.format(path="/chat/a").replace("Version: 13", "Version: 99").encode(),
+                    b"426",
+                ),
+            ):
+                stream = await trio.open_tcp_stream(host, int(port))
+                async with stream:
+                    await stream.send_all(bad)
+                    answer = b""
+                    with trio.fail_after(10):
+                        while chunk := await stream.receive_some():
+                            answer += chunk
+                assert answer.split()[1] == status
+            # Garbage where frames should be (an unmasked, reserved-opcode frame): closed.
+            answer = await handshake_answer(url, "/chat/a", b"\xff" * 64)
+            assert answer.startswith(b"HTTP/1.1 101 ")
+            # The hub is alive and serves the next client.
+            async with client(f"{url}/chat/a") as ws:
+                await ws.send_message(json.dumps("whoami"))
+                assert (await receive_json(ws))["room"] == "a"
+            assert hub_info(app)["connection_errors"] == 0
