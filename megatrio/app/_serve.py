@@ -7,7 +7,7 @@ import logging
 import os
 import socket
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import attrs
@@ -28,6 +28,9 @@ from ._jobs import open_jobs
 from ._nats import open_bus
 from ._stores import start_stores
 from ._ws import upgrade_router
+
+if TYPE_CHECKING:
+    from ..services.nats._bus import Bus
 
 log = logging.getLogger("megatrio.serve")
 
@@ -146,7 +149,7 @@ async def serve_app(
                 if endpoints:
                     # Before the listener, so a handshake never finds it missing; stopped
                     # after it, whose graceful stop has sent every connection 1001 by then.
-                    hub = Hub(endpoints, redactor=redactor)
+                    hub = Hub(endpoints, redactor=redactor, bus=_bus_of(rt), namespace=app.name)
                     await rt.start_child(
                         ChildSpec("ws", hub.run, shutdown_seconds=config.grace_seconds)
                     )
@@ -288,6 +291,14 @@ def http_options(config: Config) -> HttpOptions:
         certfile=config.certfile,
         keyfile=config.keyfile,
     )
+
+
+def _bus_of(rt: Runtime) -> Bus | None:
+    """The bus when ``nats_url`` opened one: the hub's cross-node fan-out."""
+    try:
+        return rt.bus
+    except LookupError:
+        return None
 
 
 async def _forget_hub(app: App) -> None:

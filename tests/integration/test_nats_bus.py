@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Callable
 
 import anyio
 import pytest
 import trio
 
-from megatrio.services.nats._bus import Bus, BusMessage, Subscription
+from megatrio.services.nats._bus import Bus, BusMessage, Subscription, _Outbox
 from megatrio.services.nats._connection import NatsConnection, open_nats
 
 from ..servers import NatsServer
@@ -229,3 +230,21 @@ async def test_publishing_after_the_connection_closed_fails_every_time(nats: Nat
         for _ in range(3):  # never a hang: nothing is left waiting for a drainer
             with pytest.raises(anyio.ClosedResourceError, match="NATS connection is closed"):
                 await bus.publish("x", b"after")
+
+
+async def test_publish_nowait_never_waits_and_refuses_when_the_outbox_is_full(
+    conn: NatsConnection,
+) -> None:
+    bus = Bus(conn)
+    bus._outbox = _Outbox(conn, limit=3)
+    with trio.fail_after(10):
+        async with bus.subscribe("ticks") as sub:
+            # The loop is busy: nothing drains while the outbox fills.
+            conn.bridge.call_soon_in_loop(time.sleep, 0.3)
+            results = [bus.publish_nowait("ticks", b"%d" % n) for n in range(5)]
+            assert results == [True, True, True, False, False]
+            assert bus._outbox.refused == 2
+            got = [(await sub.__anext__()).data for _ in range(3)]
+            assert got == [b"0", b"1", b"2"]
+            assert bus.publish_nowait("ticks", b"later")
+            assert (await sub.__anext__()).data == b"later"

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import attrs
 import pytest
 import trio
 import trio.lowlevel
@@ -16,6 +17,8 @@ import trio_websocket
 
 import megatrio
 from megatrio import App, Config, Serving, serve_app
+
+from ..servers import NatsServer
 
 pytestmark = pytest.mark.anyio
 
@@ -420,3 +423,32 @@ async def test_malformed_handshakes_and_garbage_frames_fail_alone() -> None:
                 await ws.send_message(json.dumps("whoami"))
                 assert (await receive_json(ws))["room"] == "a"
             assert hub_info(app)["connection_errors"] == 0
+
+
+async def test_a_broadcast_reaches_every_node_exactly_once_over_the_bus(nats: NatsServer) -> None:
+    # Two nodes of one app on one NATS: each a served app of its own (ports, hub, bus).
+    config = attrs.evolve(CONFIG, nats_url=nats.url)
+    first, second = chat_app(), chat_app()
+    with trio.fail_after(60):
+        async with serving(first, config) as (_, url1), serving(second, config) as (_, url2):
+            assert first.hub.node != second.hub.node
+            async with (
+                client(f"{url1}/chat/a") as here,
+                client(f"{url2}/chat/a") as there,
+                client(f"{url2}/chat/b") as elsewhere,
+            ):
+                while not (first.hub.members("a") and second.hub.members("a")):  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+                for n in range(20):
+                    await here.send_message(json.dumps(n))  # first node's on_message broadcasts
+                got_here = [(await receive_json(here))["data"] for _ in range(20)]
+                got_there = [(await receive_json(there))["data"] for _ in range(20)]
+                assert got_here == got_there == list(range(20))
+                # Exactly once: nothing more arrives on either node, and not in another room.
+                for ws in (here, there, elsewhere):
+                    with trio.move_on_after(0.5):
+                        extra = await ws.get_message()
+                        pytest.fail(f"a broadcast arrived twice or elsewhere: {extra}")
+                info = hub_info(first)
+                assert (info["fanout_sent"], info["fanout_dropped"]) == (20, 0)
+                assert hub_info(second)["fanout_received"] == 20

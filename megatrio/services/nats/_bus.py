@@ -221,6 +221,8 @@ class _Outbox:
         """How many times the drainer was woken (for tests and benchmarks)."""
         self.failed = 0
         """Publishes nats-py refused (the connection closed): lost, at most once."""
+        self.refused = 0
+        """Publishes :meth:`put_nowait` refused because the outbox was full."""
 
     async def put(self, subject: str, data: bytes, headers: dict[str, str] | None) -> None:
         await anyio.lowlevel.checkpoint()
@@ -230,6 +232,16 @@ class _Outbox:
             await room.wait()
         self._items.append((subject, data, headers))
         self._wake_drainer()
+
+    def put_nowait(self, subject: str, data: bytes, headers: dict[str, str] | None) -> bool:
+        """:meth:`put` for a caller that must not wait: False (and counted in
+        :attr:`refused`) when the outbox is full."""
+        if len(self._items) >= self._limit:
+            self.refused += 1
+            return False
+        self._items.append((subject, data, headers))
+        self._wake_drainer()
+        return True
 
     async def flush(self) -> None:
         await self._conn.run(self._flush_on_loop)
@@ -312,6 +324,18 @@ class Bus:
         bus is at-most-once.
         """
         await self._outbox.put(subject, data, headers)
+
+    def publish_nowait(
+        self, subject: str, data: bytes, *, headers: dict[str, str] | None = None
+    ) -> bool:
+        """:meth:`publish` without waiting (not a checkpoint): False, and the message dropped,
+        when :data:`OUTBOX_LIMIT` publishes are queued already. For callers that must never
+        wait, such as a WebSocket broadcast.
+
+        Raises:
+            anyio.ClosedResourceError: the connection is closed.
+        """
+        return self._outbox.put_nowait(subject, data, headers)
 
     async def flush(self) -> None:
         """Wait until every publish made so far has been sent to the server."""

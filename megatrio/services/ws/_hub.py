@@ -13,6 +13,17 @@ member's send queue: it never awaits a socket, so one stalled client cannot slow
 (its queue fills and it is closed with 1013, or, on a ``drop_oldest`` channel, its oldest
 messages of that channel are dropped). Membership is local to this process.
 
+**Cross-node fan-out.** With a bus (core NATS), a broadcast is also published once on
+``megatrio.<namespace>.ws.<channel>`` (the channel's name base64url-encoded into one subject
+token), with this node's id in a header; every node's hub subscribes to
+``megatrio.<namespace>.ws.>`` and offers what other nodes published to its own members, and
+skips its own (delivered locally already): each member gets a broadcast exactly once while
+the bus delivers it (the bus is at-most-once: a node disconnected from NATS misses what is
+published meanwhile). A broadcast never waits for the bus either: when the bus's outbox is
+full the remote copy is dropped and counted (``fanout_dropped``). One wildcard subscription per
+node, rather than one per channel, keeps joins free of NATS round trips; every node then
+receives every channel's broadcasts and drops those it has no member for.
+
 **Stopping.** The hub stops after the HTTP listener that feeds it began its graceful stop
 (every connection has been sent 1001 by then, through its stop watcher); what is still open
 when the hub itself is asked to stop is closed with 1001 the same way, and the hub returns once
@@ -21,12 +32,15 @@ every connection has ended (its deadline cancels the rest).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import collections
 import itertools
 import logging
 import os
 import socket
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
 
 import anyio.abc
 import trio
@@ -38,7 +52,16 @@ from ..logs._redact import Redactor
 from ._connection import GOING_AWAY, Connection, encode
 from ._endpoint import WebSocketEndpoint
 
+if TYPE_CHECKING:
+    from ..nats._bus import Bus
+
 log = logging.getLogger("megatrio.ws")
+
+_ORIGIN = "Megatrio-Origin"
+_FRAME = "Megatrio-Frame"
+_EXCLUDE = "Megatrio-Exclude"
+_FANOUT_PENDING = 10_000
+_hubs = itertools.count(1)
 
 _ANNOTATE_SECONDS = 1.0
 _HANDSHAKE_SECONDS = 10.0
@@ -54,9 +77,16 @@ class Hub:
         *,
         node: str | None = None,
         redactor: Redactor | None = None,
+        bus: Bus | None = None,
+        namespace: str = "app",
     ) -> None:
         self.endpoints = tuple(endpoints)
-        self.node = node or f"{socket.gethostname()}-{os.getpid()}"
+        self.node = node or f"{socket.gethostname()}-{os.getpid()}-{next(_hubs)}"
+        self._bus = bus
+        self._prefix = f"megatrio.{namespace.lower()}.ws."
+        self.fanout_sent = 0
+        self.fanout_received = 0
+        self.fanout_dropped = 0
         self._redactor = redactor or Redactor()
         self._ids = itertools.count(1)
         self.connections: dict[str, Connection] = {}
@@ -117,17 +147,65 @@ class Hub:
         """Offer *message* (encoded once) to every member of *channel* but those in
         *exclude*; how many queued it. Not a checkpoint: it never waits."""
         members = self._channels.get(channel)
-        if not members:
+        if not members and self._bus is None:
             return 0
         frame, size = encode(message)
-        drop_oldest = channel in self._drop_oldest
         skip = set(exclude)
+        if self._bus is not None:
+            self._publish(channel, frame, skip)
+        return self._offer(channel, frame, size, skip)
+
+    def _offer(self, channel: str, frame: str | bytes, size: int, skip: set[str]) -> int:
+        members = self._channels.get(channel)
+        if not members:
+            return 0
+        drop_oldest = channel in self._drop_oldest
         queued = 0
         # A copy: a member that overflows leaves the channel as its connection closes.
         for conn in list(members):
             if conn.id not in skip and conn.offer(frame, size, drop_oldest=drop_oldest):
                 queued += 1
         return queued
+
+    def _publish(self, channel: str, frame: str | bytes, skip: set[str]) -> None:
+        assert self._bus is not None
+        token = base64.urlsafe_b64encode(channel.encode()).rstrip(b"=").decode()
+        headers = {_ORIGIN: self.node, _FRAME: "binary" if isinstance(frame, bytes) else "text"}
+        if skip:
+            headers[_EXCLUDE] = ",".join(sorted(skip))
+        data = frame if isinstance(frame, bytes) else frame.encode()
+        try:
+            published = self._bus.publish_nowait(self._prefix + token, data, headers=headers)
+        except anyio.ClosedResourceError:
+            published = False
+        if published:
+            self.fanout_sent += 1
+        else:
+            self.fanout_dropped += 1
+
+    async def _receive_remote(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        assert self._bus is not None
+        async with self._bus.subscribe(
+            self._prefix + ">", max_pending=_FANOUT_PENDING, when_full="drop"
+        ) as subscription:
+            task_status.started()
+            async for msg in subscription:
+                headers = msg.headers or {}
+                if headers.get(_ORIGIN) == self.node:
+                    continue  # delivered here when it was broadcast
+                token = msg.subject.removeprefix(self._prefix)
+                try:
+                    padded = token + "=" * (-len(token) % 4)
+                    channel = base64.urlsafe_b64decode(padded).decode()
+                except (binascii.Error, UnicodeDecodeError):
+                    continue  # not a channel of ours
+                data = msg.data
+                frame: str | bytes = data if headers.get(_FRAME) == "binary" else data.decode()
+                skip = set(filter(None, headers.get(_EXCLUDE, "").split(",")))
+                self.fanout_received += 1
+                self._offer(channel, frame, len(data), skip)
 
     def send_to(self, conn_id: str, message: object) -> bool:
         """Offer *message* to connection *conn_id* of this process; False if there is none
@@ -149,6 +227,8 @@ class Hub:
         async with trio.open_nursery() as group:
             self._group = group
             group.start_soon(self._annotate_every_second)
+            if self._bus is not None:
+                await group.start(self._receive_remote)
             task_status.started()
             if self._ctx is None:
                 await trio.sleep_forever()
@@ -279,6 +359,11 @@ class Hub:
                 rejected={str(code): n for code, n in sorted(self.rejections.items())},
                 handler_errors=self.handler_errors,
                 connection_errors=self.connection_errors,
+                node=self.node,
+                fanout=self._bus is not None,
+                fanout_sent=self.fanout_sent,
+                fanout_received=self.fanout_received,
+                fanout_dropped=self.fanout_dropped,
             )
 
 
