@@ -83,7 +83,9 @@ const log = (line) => document.getElementById("log").textContent += line + "\\n"
 ws.onmessage = (event) => log(event.data);
 ws.onclose = (event) => log(`closed ${event.code} ${event.reason}`);
 document.getElementById("text").onkeydown = (event) => {
-  if (event.key === "Enter") { ws.send(JSON.stringify(event.target.value)); event.target.value = ""; }
+  if (event.key !== "Enter") return;
+  ws.send(JSON.stringify(event.target.value));
+  event.target.value = "";
 };
 </script>"""
 
