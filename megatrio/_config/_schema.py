@@ -260,6 +260,16 @@ class Config:
         default=2,
         metadata=_meta(parse.count(1), "connections the Redis client opens at most (pipelined)"),
     )
+    ws_roster_ttl_seconds: float = attrs.field(
+        default=30.0,
+        metadata=_meta(
+            parse.positive_seconds, "a WebSocket roster entry outlives its node's last refresh"
+        ),
+    )
+    ws_roster_refresh_seconds: float = attrs.field(
+        default=10.0,
+        metadata=_meta(parse.positive_seconds, "how often a node refreshes its roster entries"),
+    )
     cache: dict[str, CacheConfig] = attrs.field(
         factory=lambda: {"default": CacheConfig()},
         converter=_with_default_cache,
@@ -315,6 +325,12 @@ class Config:
                     raise ConfigError(f"cache.{alias}: driver 'redis' needs redis_url")
             if self.nonce_driver is NonceDriverKind.REDIS:
                 raise ConfigError("nonce_driver 'redis' needs redis_url")
+        if self.ws_roster_refresh_seconds >= self.ws_roster_ttl_seconds:
+            raise ConfigError(
+                f"ws_roster_refresh_seconds ({self.ws_roster_refresh_seconds:g}) must be below "
+                f"ws_roster_ttl_seconds ({self.ws_roster_ttl_seconds:g}): entries would expire "
+                "between refreshes"
+            )
         if bool(self.certfile) != bool(self.keyfile):
             raise ConfigError("certfile and keyfile go together")
         if self.uds and self.workers > 1:

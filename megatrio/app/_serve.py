@@ -22,6 +22,7 @@ from ..services.http._server import ASGIApp, HttpOptions, health_front, serve_ht
 from ..services.http._sockets import bind_listeners, closing_all
 from ..services.logs._redact import Redactor
 from ..services.ws._hub import Hub
+from ..services.ws._roster import Roster
 from ..supervisor import ChildSpec
 from ._app import App
 from ._jobs import open_jobs
@@ -135,7 +136,7 @@ async def serve_app(
             app._attach(rt)
             rt.push_async_callback(_detach, app)
             readiness = _Readiness(rt)
-            await start_stores(rt, config)
+            redis = await start_stores(rt, config)
             # The bus first: it opens the process's one NATS connection, which the jobs'
             # JetStream engine then shares.
             await open_bus(rt, config, app.name)
@@ -149,7 +150,21 @@ async def serve_app(
                 if endpoints:
                     # Before the listener, so a handshake never finds it missing; stopped
                     # after it, whose graceful stop has sent every connection 1001 by then.
-                    hub = Hub(endpoints, redactor=redactor, bus=_bus_of(rt), namespace=app.name)
+                    roster = None
+                    if redis is not None:
+                        roster = Roster(
+                            redis,
+                            namespace=app.name,
+                            ttl_seconds=config.ws_roster_ttl_seconds,
+                            refresh_seconds=config.ws_roster_refresh_seconds,
+                        )
+                    hub = Hub(
+                        endpoints,
+                        redactor=redactor,
+                        bus=_bus_of(rt),
+                        roster=roster,
+                        namespace=app.name,
+                    )
                     await rt.start_child(
                         ChildSpec("ws", hub.run, shutdown_seconds=config.grace_seconds)
                     )

@@ -22,7 +22,9 @@ if TYPE_CHECKING:
     from ..services.stores._redis import RedisClient
 
 
-async def start_stores(rt: Runtime, config: Config, *, directory: Path | None = None) -> None:
+async def start_stores(
+    rt: Runtime, config: Config, *, directory: Path | None = None
+) -> RedisClient | None:
     """Open Redis (if ``redis_url``), every ``[cache.ALIAS]``, the nonce store and alerts, for
     the rest of the runtime's life.
 
@@ -35,6 +37,8 @@ async def start_stores(rt: Runtime, config: Config, *, directory: Path | None = 
     alert destination configured, ERROR records are sent there by the supervised child
     ``alerts`` (throttled, redacted, failed sends kept in a retry queue under
     ``.megatrio/alerts`` and re-sent).
+
+    Returns the Redis client (None without ``redis_url``), for the other services that use it.
 
     Raises:
         BackendUnavailable / OSError: Redis or a cache directory cannot be opened.
@@ -63,6 +67,7 @@ async def start_stores(rt: Runtime, config: Config, *, directory: Path | None = 
         )
     await rt.enter_async_context(open_nonces(rt, nonces))
     await _open_alerts(rt, config, base)
+    return client
 
 
 async def _open_alerts(rt: Runtime, config: Config, base: Path) -> None:

@@ -4,6 +4,7 @@ over loopback sockets: handshakes, channels, backpressure, limits, heartbeats, s
 from __future__ import annotations
 
 import json
+import signal
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,8 +18,11 @@ import trio_websocket
 
 import megatrio
 from megatrio import App, Config, Serving, serve_app
+from megatrio.services.stores._redis import open_redis
+from megatrio.services.ws._roster import Roster
 
-from ..servers import NatsServer
+from ..servers import NatsServer, RedisServer
+from .cli_support import Server
 
 pytestmark = pytest.mark.anyio
 
@@ -452,3 +456,80 @@ async def test_a_broadcast_reaches_every_node_exactly_once_over_the_bus(nats: Na
                 info = hub_info(first)
                 assert (info["fanout_sent"], info["fanout_dropped"]) == (20, 0)
                 assert hub_info(second)["fanout_received"] == 20
+
+
+async def test_the_roster_shows_both_nodes_in_one_round_trip_and_a_stop_removes_its_own(
+    nats: NatsServer, redis: RedisServer
+) -> None:
+    config = attrs.evolve(CONFIG, nats_url=nats.url, redis_url=redis.url)
+    first, second = chat_app(), chat_app()
+    rooms = [f"r{n}" for n in range(10)]
+    with trio.fail_after(60):
+        async with serving(first, config) as (_, url1):
+            async with (
+                serving(second, config) as (_, url2),
+                client(f"{url1}/chat/r0") as a,
+                client(f"{url2}/chat/r0") as b,
+                client(f"{url2}/chat/r7") as c,
+            ):
+                ids = {}
+                for name, ws in (("a", a), ("b", b), ("c", c)):
+                    await ws.send_message(json.dumps("whoami"))
+                    ids[name] = (await receive_json(ws))["id"]
+                expected = {room: [] for room in rooms}
+                expected["r0"] = sorted([ids["a"], ids["b"]])
+                expected["r7"] = [ids["c"]]
+                while await first.hub.lookup(rooms) != expected:  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+                roster = first.hub.roster
+                assert roster is not None
+                redis_client = roster._client
+                before = redis_client.writes  # type: ignore[attr-defined]
+                assert await first.hub.lookup(rooms) == expected
+                # Ten channels, one socket write: the ZRANGEs went out together.
+                assert redis_client.writes - before == 1  # type: ignore[attr-defined]
+            # The second node stopped gracefully: its members left the roster at once.
+            remaining = {room: [] for room in rooms}
+            with trio.fail_after(5):
+                while (found := await first.hub.lookup(rooms)) != remaining:  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+            assert found == remaining
+
+
+async def test_a_killed_nodes_members_vanish_after_the_ttl_and_broadcasts_cross_processes(
+    nats: NatsServer, redis: RedisServer
+) -> None:
+    env = {
+        "MEGATRIO_NATS_URL": nats.url,
+        "MEGATRIO_REDIS_URL": redis.url,
+        "MEGATRIO_WS_ROSTER_TTL_SECONDS": "1.5",
+        "MEGATRIO_WS_ROSTER_REFRESH_SECONDS": "0.3",
+    }
+    nodes = [Server("ws_app:app", env=env), Server("ws_app:app", env=env)]
+    try:
+        urls = [node.url.replace("http://", "ws://") for node in nodes]
+        with trio.fail_after(60):
+            async with client(f"{urls[0]}/chat/lobby") as a, client(f"{urls[1]}/chat/lobby") as b:
+                ids = []
+                for ws in (a, b):
+                    await ws.send_message(json.dumps("whoami"))
+                    ids.append((await receive_json(ws))["id"])
+                assert ids[0].rsplit(":", 1)[0] != ids[1].rsplit(":", 1)[0]  # two nodes
+                async with open_redis(redis.url) as redis_client:
+                    roster = Roster(redis_client, namespace="wsnodes")
+                    while (await roster.lookup(["lobby"]))["lobby"] != sorted(ids):  # noqa: ASYNC110
+                        await trio.sleep(0.05)
+                    # One process's broadcast reaches the other's member, once.
+                    await b.send_message(json.dumps("across"))
+                    assert (await receive_json(a))["data"] == "across"
+                    assert (await receive_json(b))["data"] == "across"
+                    # kill -9: no graceful removal; its entry expires by its score.
+                    nodes[1].proc.send_signal(signal.SIGKILL)
+                    killed_at = trio.current_time()
+                    while (await roster.lookup(["lobby"]))["lobby"] != [ids[0]]:  # noqa: ASYNC110
+                        await trio.sleep(0.05)
+                    # Between TTL - refresh and TTL after the kill (plus polling).
+                    assert 1.5 - 0.3 - 0.1 < trio.current_time() - killed_at < 1.5 + 1.0
+    finally:
+        for node in nodes:
+            node.kill()

@@ -51,6 +51,7 @@ from ...nursery._errors import describe, log_exception, split_exit
 from ..logs._redact import Redactor
 from ._connection import GOING_AWAY, Connection, encode
 from ._endpoint import WebSocketEndpoint
+from ._roster import Roster
 
 if TYPE_CHECKING:
     from ..nats._bus import Bus
@@ -78,11 +79,13 @@ class Hub:
         node: str | None = None,
         redactor: Redactor | None = None,
         bus: Bus | None = None,
+        roster: Roster | None = None,
         namespace: str = "app",
     ) -> None:
         self.endpoints = tuple(endpoints)
         self.node = node or f"{socket.gethostname()}-{os.getpid()}-{next(_hubs)}"
         self._bus = bus
+        self.roster = roster
         self._prefix = f"megatrio.{namespace.lower()}.ws."
         self.fanout_sent = 0
         self.fanout_received = 0
@@ -124,20 +127,38 @@ class Hub:
     def join(self, conn: Connection, channel: str) -> None:
         if conn.conn_state.value == "closed":
             return
-        self._channels[channel].add(conn)
-        conn.channels.add(channel)
+        members = self._channels[channel]
+        if conn not in members:
+            members.add(conn)
+            conn.channels.add(channel)
+            if self.roster is not None:
+                self.roster.joined(channel, conn.id)
 
     def leave(self, conn: Connection, channel: str) -> None:
         members = self._channels.get(channel)
-        if members is not None:
-            members.discard(conn)
-            if not members:
-                del self._channels[channel]
+        if members is None or conn not in members:
+            return
+        members.discard(conn)
+        if not members:
+            del self._channels[channel]
         conn.channels.discard(channel)
+        if self.roster is not None:
+            self.roster.left(channel, conn.id)
 
     def members(self, channel: str) -> list[str]:
         """The ids of this process's connections in *channel*."""
         return [conn.id for conn in self._channels.get(channel, ())]
+
+    async def lookup(self, channels: Sequence[str]) -> dict[str, list[str]]:
+        """The members of each of *channels* on every node (from the Redis roster, in one
+        pipelined round trip), or on this node alone when there is no roster.
+
+        Raises:
+            megatrio.BackendUnavailable and the like: Redis cannot be reached.
+        """
+        if self.roster is None:
+            return {channel: sorted(self.members(channel)) for channel in channels}
+        return await self.roster.lookup(channels)
 
     def channels(self) -> dict[str, int]:
         """Every channel with members here, and how many."""
@@ -229,6 +250,8 @@ class Hub:
             group.start_soon(self._annotate_every_second)
             if self._bus is not None:
                 await group.start(self._receive_remote)
+            if self.roster is not None:
+                await group.start(self.roster.run)
             task_status.started()
             if self._ctx is None:
                 await trio.sleep_forever()
@@ -364,6 +387,8 @@ class Hub:
                 fanout_sent=self.fanout_sent,
                 fanout_received=self.fanout_received,
                 fanout_dropped=self.fanout_dropped,
+                roster=self.roster is not None,
+                roster_failures=self.roster.failures if self.roster is not None else 0,
             )
 
 
