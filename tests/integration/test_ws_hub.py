@@ -3,6 +3,7 @@ over loopback sockets: handshakes, channels, backpressure, limits, heartbeats, s
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
@@ -533,3 +534,53 @@ async def test_a_killed_nodes_members_vanish_after_the_ttl_and_broadcasts_cross_
     finally:
         for node in nodes:
             node.kill()
+
+
+async def test_presence_events_tell_the_other_members_who_joins_and_leaves() -> None:
+    app = chat_app()
+    with trio.fail_after(30):
+        async with serving(app) as (_, url):
+            app.hub.configure_channel("p", presence=True)
+            async with client(f"{url}/chat/p") as first:
+                await first.send_message(json.dumps("whoami"))
+                me = (await receive_json(first))["id"]
+                async with client(f"{url}/chat/p") as second:
+                    joined = await receive_json(first)
+                    assert joined["presence"] == "join"
+                    assert joined["channel"] == "p"
+                    other = joined["id"]
+                    assert other != me
+                    with trio.move_on_after(0.3):
+                        await second.get_message()  # its own join is not announced to it
+                        pytest.fail("a member was told of its own join")
+                left = await receive_json(first)
+                assert left == {"presence": "leave", "channel": "p", "id": other}
+
+
+async def test_under_workers_each_worker_is_a_node_and_broadcasts_reach_all(
+    nats: NatsServer, redis: RedisServer
+) -> None:
+    env = {"MEGATRIO_NATS_URL": nats.url, "MEGATRIO_REDIS_URL": redis.url}
+    server = Server("ws_app:app", "--workers", "2", env=env)
+    try:
+        url = server.url.replace("http://", "ws://")
+        with trio.fail_after(60):
+            async with contextlib.AsyncExitStack() as stack:
+                members: list[trio_websocket.WebSocketConnection] = []
+                nodes: set[str] = set()
+                # The kernel spreads accepts over the workers: open clients until both hold one.
+                while len(nodes) < 2 and len(members) < 40:
+                    ws = await stack.enter_async_context(client(f"{url}/chat/all"))
+                    await ws.send_message(json.dumps("whoami"))
+                    nodes.add((await receive_json(ws))["id"].rsplit(":", 1)[0])
+                    members.append(ws)
+                assert len(nodes) == 2
+                await members[0].send_message(json.dumps("to everyone"))
+                for ws in members:
+                    assert (await receive_json(ws))["data"] == "to everyone"
+                for ws in members:
+                    with trio.move_on_after(0.2):
+                        extra = await ws.get_message()
+                        pytest.fail(f"delivered twice: {extra}")
+    finally:
+        server.kill()

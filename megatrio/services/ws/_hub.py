@@ -95,6 +95,7 @@ class Hub:
         self.connections: dict[str, Connection] = {}
         self._channels: dict[str, set[Connection]] = collections.defaultdict(set)
         self._drop_oldest: set[str] = set()
+        self._presence: set[str] = set()
         self._group: trio.Nursery | None = None
         self._ctx: ChildContext | None = None
         self._idle = trio.Event()
@@ -116,13 +117,21 @@ class Hub:
 
     # -- channels -----------------------------------------------------------------------------
 
-    def configure_channel(self, channel: str, *, drop_oldest: bool) -> None:
-        """*drop_oldest*: a member whose queue is full loses the oldest messages queued with
-        that setting (ephemeral data) instead of being closed."""
-        if drop_oldest:
-            self._drop_oldest.add(channel)
-        else:
-            self._drop_oldest.discard(channel)
+    def configure_channel(
+        self, channel: str, *, drop_oldest: bool | None = None, presence: bool | None = None
+    ) -> None:
+        """Settings of *channel* (None leaves one as it is).
+
+        *drop_oldest*: a member whose queue is full loses the oldest messages queued with that
+        setting (ephemeral data) instead of being closed. *presence*: members get
+        ``{"presence": "join" | "leave", "channel": ..., "id": ...}`` when another member
+        joins or leaves, on any node (configure it on every node).
+        """
+        for enabled, names in ((drop_oldest, self._drop_oldest), (presence, self._presence)):
+            if enabled is True:
+                names.add(channel)
+            elif enabled is False:
+                names.discard(channel)
 
     def join(self, conn: Connection, channel: str) -> None:
         if conn.conn_state.value == "closed":
@@ -133,6 +142,8 @@ class Hub:
             conn.channels.add(channel)
             if self.roster is not None:
                 self.roster.joined(channel, conn.id)
+            if channel in self._presence:
+                self._announce(channel, "join", conn.id)
 
     def leave(self, conn: Connection, channel: str) -> None:
         members = self._channels.get(channel)
@@ -144,6 +155,13 @@ class Hub:
         conn.channels.discard(channel)
         if self.roster is not None:
             self.roster.left(channel, conn.id)
+        if channel in self._presence:
+            self._announce(channel, "leave", conn.id)
+
+    def _announce(self, channel: str, event: str, conn_id: str) -> None:
+        self.broadcast(
+            channel, {"presence": event, "channel": channel, "id": conn_id}, exclude=(conn_id,)
+        )
 
     def members(self, channel: str) -> list[str]:
         """The ids of this process's connections in *channel*."""
