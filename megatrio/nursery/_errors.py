@@ -8,7 +8,7 @@ import logging
 import sys
 import traceback
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 MAX_FRAMES = 40
 """Frames kept per exception in a crash report: the outermost and innermost halves."""
@@ -65,6 +65,22 @@ def split_exit(exc: BaseException) -> tuple[Exception | None, BaseException | No
     error = None if errors is None else unwrap_exception(errors)
     propagate = None if rest is None else unwrap_group(rest)
     return error, propagate
+
+
+@contextlib.contextmanager
+def containing(on_error: Callable[[Exception], object]) -> Iterator[None]:
+    """Contain the block's failure: its errors (:func:`split_exit`; also ones grouped with
+    ``Cancelled``) go to *on_error* and end the block; ``Cancelled``, ``KeyboardInterrupt``
+    and ``SystemExit`` propagate. For what may fail alone: one connection, one message."""
+    try:
+        yield
+    except BaseException as exc:
+        error, propagate = split_exit(exc)
+        del exc
+        if error is not None:
+            on_error(error)
+        if propagate is not None:
+            raise propagate from None
 
 
 def unwrap_exception(exc: Exception) -> Exception:

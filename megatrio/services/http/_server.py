@@ -44,7 +44,7 @@ import trio
 
 from ..._policy._throttle import TokenBucket
 from ...nursery._child import ChildContext, current_child
-from ...nursery._errors import describe, log_exception, split_exit
+from ...nursery._errors import containing, describe, log_exception
 from ._asgi import ASGIApp as ASGIApp
 from ._asgi import Message as Message
 from ._asgi import Receive as Receive
@@ -360,17 +360,11 @@ class _Server:
                 transport, self._ssl_context, server_side=True, https_compatible=True
             )
         try:
-            if self._upgrade is None or rejected:
-                await self._hypercorn.serve(stream, app)
-            else:
-                await self._route(stream, peer)
-        except BaseException as exc:
-            error, propagate = split_exit(exc)
-            del exc
-            if error is not None:
-                self._connection_failed(error, peer)
-            if propagate is not None:
-                raise propagate from None
+            with containing(lambda error: self._connection_failed(error, peer)):
+                if self._upgrade is None or rejected:
+                    await self._hypercorn.serve(stream, app)
+                else:
+                    await self._route(stream, peer)
         finally:
             transport.close_now()
             self._live.discard(transport)

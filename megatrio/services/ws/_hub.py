@@ -47,7 +47,7 @@ import trio
 import trio_websocket
 
 from ...nursery._child import ChildContext, current_child
-from ...nursery._errors import describe, log_exception, split_exit
+from ...nursery._errors import containing, describe, log_exception
 from ..logs._redact import Redactor
 from ._connection import GOING_AWAY, Connection, encode
 from ._endpoint import WebSocketEndpoint
@@ -317,7 +317,7 @@ class Hub:
         done: trio.Event,
     ) -> None:
         try:
-            with scope:
+            with scope, containing(lambda error: self._connection_failed(error, peer)):
                 async with trio.open_nursery() as protocol:
                     with trio.move_on_after(_HANDSHAKE_SECONDS) as handshake:
                         request = await trio_websocket.wrap_server_stream(
@@ -333,13 +333,6 @@ class Hub:
                     )
                     await conn.run(request, stopping)
                     protocol.cancel_scope.cancel()
-        except BaseException as exc:
-            error, propagate = split_exit(exc)
-            del exc
-            if error is not None:
-                self._connection_failed(error, peer)
-            if propagate is not None:
-                raise propagate from None
         finally:
             done.set()
 
