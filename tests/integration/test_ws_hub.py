@@ -584,3 +584,34 @@ async def test_under_workers_each_worker_is_a_node_and_broadcasts_reach_all(
                         pytest.fail(f"delivered twice: {extra}")
     finally:
         server.kill()
+
+
+async def test_a_redis_outage_costs_the_roster_not_the_connections(redis: RedisServer) -> None:
+    config = attrs.evolve(
+        CONFIG,
+        redis_url=redis.url,
+        ws_roster_ttl_seconds=3.0,
+        ws_roster_refresh_seconds=0.3,
+    )
+    app = chat_app()
+    with trio.fail_after(60):
+        async with serving(app, config) as (_, url):
+            redis.stop()
+            async with client(f"{url}/chat/x") as ws:
+                await ws.send_message(json.dumps("whoami"))
+                me = (await receive_json(ws))["id"]
+                while not hub_info(app)["roster_failures"]:  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+                await trio.to_thread.run_sync(redis.start)
+                # The next refresh rewrites the entry: the roster knows it again.
+                while (await _lookup_or_none(app, ["x"])) != {"x": [me]}:  # noqa: ASYNC110
+                    await trio.sleep(0.1)
+                await ws.send_message(json.dumps("whoami"))
+                assert (await receive_json(ws))["id"] == me
+
+
+async def _lookup_or_none(app: App, channels: list[str]) -> dict[str, list[str]] | None:
+    try:
+        return await app.hub.lookup(channels)
+    except Exception:
+        return None

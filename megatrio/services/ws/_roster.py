@@ -24,7 +24,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol
 
 import anyio
@@ -71,6 +71,7 @@ class Roster:
         self._dirty = anyio.Event()
         self.writes = 0
         self.failures = 0
+        self._failing = False
 
     def key(self, channel: str) -> str:
         return self._prefix + channel
@@ -134,14 +135,20 @@ class Roster:
             with anyio.move_on_after(2.0, shield=True):
                 await self._guarded(self._remove_all)
 
-    async def _guarded(self, step: object) -> None:
-        assert callable(step)
+    async def _guarded(self, step: Callable[[], Awaitable[None]]) -> None:
         try:
             await step()
         except Exception as exc:
             # Redis down: entries are rewritten at the next refresh; lookups fail meanwhile.
+            # Logged when the failures begin and when they end, not once per write.
             self.failures += 1
-            log.warning("ws roster: Redis write failed: %s", describe(exc))
+            if not self._failing:
+                self._failing = True
+                log.warning("ws roster: Redis writes failing: %s", describe(exc))
+            return
+        if self._failing:
+            self._failing = False
+            log.warning("ws roster: Redis writes work again (%d failed)", self.failures)
 
     async def _write_changes(self) -> None:
         joined, self._joined = self._joined, collections.defaultdict(set)
