@@ -34,6 +34,23 @@ def seconds(value: Any, from_text: bool) -> float:
     return float(value)
 
 
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
+
+
+def boolean(value: Any, from_text: bool) -> bool:
+    if from_text and isinstance(value, str):
+        text = value.strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise ValueError(f"expected true or false, got {value!r}")
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
 def finite_seconds(value: Any, from_text: bool) -> float:
     parsed = seconds(value, from_text)
     if math.isinf(parsed):

@@ -260,6 +260,10 @@ class Config:
         default=2,
         metadata=_meta(parse.count(1), "connections the Redis client opens at most (pipelined)"),
     )
+    access_log: bool = attrs.field(
+        default=True,
+        metadata=_meta(parse.boolean, "one log record per HTTP request (megatrio.access)"),
+    )
     ws_roster_ttl_seconds: float = attrs.field(
         default=30.0,
         metadata=_meta(

@@ -26,12 +26,14 @@ or a subclass (``megatrio run module:Hello`` instantiates it with no arguments):
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
+from quart import request
 from quart_trio import QuartTrio
 
 from .._runtime import Runtime
 from ..nursery._timer import every
+from ..services.http._access import ROUTE_KEY
 from ..services.http._error_pages import register_error_pages
 from ..services.jobs._codec import JSON, Codec
 from ..services.jobs._driver import JobSettings
@@ -77,6 +79,7 @@ class App:
         self.name = resolved
         self.http = QuartTrio(resolved)
         register_error_pages(self.http)
+        self.http.before_request(_record_route)
         self._children: list[ChildSpec] = []
         self._jobs: dict[str, JobSpec] = {}
         self._ws: list[WebSocketEndpoint] = []
@@ -307,3 +310,10 @@ class App:
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
+
+
+async def _record_route() -> None:
+    # The matched rule's template, for the request metrics (a bounded label, unlike the path).
+    rule = request.url_rule
+    if rule is not None:
+        cast(dict[str, Any], request.scope)[ROUTE_KEY] = rule.rule

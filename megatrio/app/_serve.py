@@ -16,6 +16,7 @@ import trio
 from .._config import Config
 from .._runtime import Runtime, mega_runtime
 from ..nursery._child import ChildContext, current_child
+from ..services.http._access import HttpMetrics, observed
 from ..services.http._addresses import is_loopback, parse_address
 from ..services.http._admin import admin_app
 from ..services.http._server import ASGIApp, HttpOptions, health_front, serve_http
@@ -136,6 +137,7 @@ async def serve_app(
             app._attach(rt)
             rt.push_async_callback(_detach, app)
             readiness = _Readiness(rt)
+            http_metrics = HttpMetrics()
             redis = await start_stores(rt, config)
             # The bus first: it opens the process's one NATS connection, which the jobs'
             # JetStream engine then shares.
@@ -171,7 +173,9 @@ async def serve_app(
                     app._hub = hub
                     rt.push_async_callback(_forget_hub, app)
                     options = attrs.evolve(options, upgrade=upgrade_router(hub))
-                front = health_front(app.asgi(), readiness)
+                front = health_front(
+                    observed(app.asgi(), http_metrics, access_log=config.access_log), readiness
+                )
                 http_urls = await rt.start_child(
                     ChildSpec(
                         "http",
@@ -182,7 +186,9 @@ async def serve_app(
                 )
             admin_urls: object = []
             if admin:
-                admin_urls = await rt.start_child(admin_spec(rt, redactor, admin))
+                admin_urls = await rt.start_child(
+                    admin_spec(rt, redactor, admin, http_metrics=http_metrics)
+                )
             if jobs is not None:
                 # One consumer per job under a nested supervisor: a consumer's engine
                 # failure restarts that consumer, not the app's other children. In-flight
@@ -211,6 +217,7 @@ def admin_spec(
     sockets: Sequence[socket.socket],
     *,
     opens_after: trio.Event | None = None,
+    http_metrics: HttpMetrics | None = None,
 ) -> ChildSpec:
     """The ``admin`` child: the tree and health endpoints of *rt* on *sockets*.
 
@@ -221,7 +228,7 @@ def admin_spec(
     return ChildSpec(
         "admin",
         _serve_admin,
-        (admin_app(rt.snapshot, redactor), sockets, opens_after),
+        (admin_app(rt.snapshot, redactor, http_metrics), sockets, opens_after),
         shutdown_seconds=ADMIN_GRACE_SECONDS,
     )
 

@@ -150,6 +150,14 @@ def build_parser() -> _Parser:
             f"(default: {_DEFAULTS.admin_bind})",
         )
         p.add_argument(
+            "--no-access-log",
+            dest="access_log",
+            action="store_const",
+            const=False,
+            default=None,
+            help="no log record per HTTP request (default: one per request, on megatrio.access)",
+        )
+        p.add_argument(
             "--grace-seconds",
             metavar="SECONDS",
             help=f"bound on a graceful stop (default: {_DEFAULTS.grace_seconds:g})",
@@ -409,6 +417,7 @@ def config_from(args: argparse.Namespace) -> Config:
         bind = _host_port(option("host"), option("port"))
     keys = (
         "admin_bind",
+        "access_log",
         "grace_seconds",
         "shutdown_delay_seconds",
         "uds",

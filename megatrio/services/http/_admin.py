@@ -10,11 +10,16 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
+from prometheus_client import generate_latest
+
 from ..logs._redact import Redactor
 from ..logs._tree import format_tree
+from ._access import HttpMetrics
+from ._metrics import CONTENT_TYPE, registry_for
 from ._server import ASGIApp, Receive, Scope, Send, send_body, send_json
 
 TREE_PATH = "/_megatrio/tree"
+METRICS_PATH = "/metrics"
 
 
 async def serve_lifespan(receive: Receive, send: Send) -> None:
@@ -32,8 +37,15 @@ async def serve_lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-def admin_app(snapshot: Callable[[], dict[str, Any]], redactor: Redactor) -> ASGIApp:
-    """ASGI app for ``GET /_megatrio/tree`` (JSON; ``?format=text`` for a tree) and ``/healthz``."""
+def admin_app(
+    snapshot: Callable[[], dict[str, Any]],
+    redactor: Redactor,
+    http_metrics: HttpMetrics | None = None,
+) -> ASGIApp:
+    """ASGI app for ``GET /_megatrio/tree`` (JSON; ``?format=text`` for a tree), ``/metrics``
+    (Prometheus text, :mod:`._metrics`; with *http_metrics*, the public listener's requests
+    too) and ``/healthz``."""
+    registry = registry_for(snapshot, http_metrics)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -47,6 +59,9 @@ def admin_app(snapshot: Callable[[], dict[str, Any]], redactor: Redactor) -> ASG
         path = scope["path"]
         if path == "/healthz":
             await send_body(send, 200, b"ok\n")
+        elif path == METRICS_PATH:
+            body = generate_latest(registry)
+            await send_body(send, 200, body, CONTENT_TYPE.encode())
         elif path == TREE_PATH:
             tree = redactor.redact(snapshot())
             query = urllib.parse.parse_qs(scope.get("query_string", b"").decode("latin-1"))

@@ -18,6 +18,7 @@ import structlog
 
 from ...nursery._child import current_child
 from ...nursery._errors import format_exception
+from ._context import add_request_id
 from ._levels import LogFormat
 from ._redact import Redactor
 
@@ -146,6 +147,7 @@ def _shared_processors() -> list[Any]:
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         add_supervision_path,
+        add_request_id,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
 

@@ -1,0 +1,131 @@
+"""Per-request observability: request ids, the access log, and the HTTP request metrics.
+
+:func:`observed` wraps the App's ASGI callable. For each HTTP request it
+
+- takes the client's ``X-Request-ID`` (when it is a sane token: 1 to 128 characters of letters,
+  digits and ``-_.:``) or makes one, puts it in :data:`REQUEST_ID` for everything that runs
+  while the request is handled — every log record gets it as ``request_id`` — and returns it
+  in the response's ``X-Request-ID`` header;
+- logs one record on ``megatrio.access`` once the response is complete (unless the access log
+  is off): method, path (the query string is not logged), status, duration, bytes sent, remote
+  address, request id, and the supervision path of the task that logged, through the same
+  redacting pipeline as every record;
+- counts it in :class:`HttpMetrics`: requests by route *template* (``/items/<int:id>``, not
+  the path a client chose: the label set stays bounded) and status, a latency histogram, and
+  the requests in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+import time
+from collections.abc import Sequence
+
+from ..logs._context import REQUEST_ID
+from ._asgi import ASGIApp, Message, Receive, Scope, Send
+
+log = logging.getLogger("megatrio.access")
+
+ROUTE_KEY = "megatrio.route"
+"""Where the App writes the matched route's template into the ASGI scope."""
+
+UNMATCHED = "<unmatched>"
+
+_SANE_ID = re.compile(r"[A-Za-z0-9\-_.:]{1,128}\Z")
+
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+)  # fmt: skip
+
+
+class HttpMetrics:
+    """Counters of the requests one listener served (plain numbers; exported by the metrics
+    endpoint)."""
+
+    def __init__(self, buckets: Sequence[float] = LATENCY_BUCKETS) -> None:
+        self.buckets = tuple(buckets)
+        self.requests: dict[tuple[str, str, int], int] = {}
+        """(method, route template, status) -> requests."""
+        self.latency_counts = [0] * (len(self.buckets) + 1)
+        """Requests per latency bucket (the last one: above every bound)."""
+        self.latency_sum = 0.0
+        self.in_flight = 0
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, status)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        self.latency_sum += seconds
+        for index, bound in enumerate(self.buckets):
+            if seconds <= bound:
+                self.latency_counts[index] += 1
+                return
+        self.latency_counts[-1] += 1
+
+
+def observed(
+    app: ASGIApp, metrics: HttpMetrics | None = None, *, access_log: bool = True
+) -> ASGIApp:
+    """*app* with request ids, the access log (unless *access_log* is False) and *metrics*."""
+
+    async def front(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        request_id = _request_id(scope)
+        token = REQUEST_ID.set(request_id)
+        header = (b"x-request-id", request_id.encode())
+        status = 0
+        sent = 0
+        began = time.perf_counter()
+
+        async def send_observed(message: Message) -> None:
+            nonlocal status, sent
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message = {**message, "headers": [*message.get("headers", ()), header]}
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+            await send(message)
+
+        if metrics is not None:
+            metrics.in_flight += 1
+        try:
+            await app(scope, receive, send_observed)
+        finally:
+            REQUEST_ID.reset(token)
+            seconds = time.perf_counter() - began
+            if metrics is not None:
+                metrics.in_flight -= 1
+                route = scope.get(ROUTE_KEY) or UNMATCHED
+                metrics.observe(scope["method"], route, status, seconds)
+            if access_log and log.isEnabledFor(logging.INFO):
+                client = scope.get("client")
+                log.info(
+                    "%s %s %d",
+                    scope["method"],
+                    scope["path"],
+                    status,
+                    extra={
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "status": status,
+                        "duration_ms": round(seconds * 1000, 3),
+                        "bytes": sent,
+                        "remote": f"{client[0]}:{client[1]}" if client else None,
+                        "request_id": request_id,
+                    },
+                )
+
+    return front
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            given: str = value.decode("latin-1")
+            if _SANE_ID.match(given):
+                return given
+            break
+    return secrets.token_hex(8)

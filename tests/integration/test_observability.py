@@ -1,0 +1,183 @@
+"""The access log, request ids and Prometheus ``/metrics`` of a served app, over real sockets;
+the metrics text is read back with prometheus-client's own parser."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import attrs
+import pytest
+import trio
+from prometheus_client.parser import text_string_to_metric_families
+
+import megatrio
+from megatrio import App, Config, Serving, serve_app
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "trio"  # real sockets need the real clock
+
+
+CONFIG = Config(bind=("127.0.0.1:0",), admin_bind="127.0.0.1:0", grace_seconds=3)
+
+
+def observed_app() -> App:
+    app = App("obs")
+    log = logging.getLogger("obs.handler")
+
+    @app.get("/items/<int:item_id>")
+    async def item(item_id: int) -> dict[str, int]:
+        log.info("looking up item %d", item_id)
+        return {"id": item_id}
+
+    @app.get("/crash")
+    async def crash() -> str:
+        raise RuntimeError("boom")
+
+    flaky = {"runs": 0}
+
+    @app.child()
+    async def flaky_child(*, task_status: trio.TaskStatus[None]) -> None:
+        flaky["runs"] += 1
+        task_status.started()
+        if flaky["runs"] == 1:
+            raise RuntimeError("first run fails")
+        await trio.sleep_forever()
+
+    return app
+
+
+@asynccontextmanager
+async def serving(app: App, config: Config = CONFIG) -> AsyncIterator[Serving]:
+    async with trio.open_nursery() as nursery:
+        serving: Serving = await nursery.start(
+            lambda task_status: serve_app(
+                app, config, handle_signals=False, task_status=task_status
+            )
+        )
+        try:
+            yield serving
+        finally:
+            app.rt.stop()
+
+
+async def get(
+    url: str, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+    async with stream:
+        await stream.send_all(
+            f"GET {path} HTTP/1.1\r\nHost: t\r\n{extra}Connection: close\r\n\r\n".encode()
+        )
+        data = b""
+        with trio.fail_after(10):
+            while chunk := await stream.receive_some():
+                data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    parsed = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        parsed[name.strip().lower()] = value.strip()
+    return int(lines[0].split()[1]), parsed, body
+
+
+@asynccontextmanager
+async def captured_logs() -> AsyncIterator[io.StringIO]:
+    stream = io.StringIO()
+    handler = megatrio.configure_logging(fmt=megatrio.LogFormat.JSON, stream=stream)
+    try:
+        yield stream
+    finally:
+        logging.getLogger().removeHandler(handler)
+
+
+def records(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines() if line.startswith("{")]
+
+
+async def test_one_access_record_per_request_with_its_request_id_everywhere() -> None:
+    app = observed_app()
+    async with captured_logs() as logs:
+        with trio.fail_after(30):
+            async with serving(app) as served:
+                status, headers, _ = await get(
+                    served.http[0], "/items/7?token=s3cret", {"X-Request-ID": "abc-123"}
+                )
+                assert status == 200
+                assert headers["x-request-id"] == "abc-123"
+                # A hostile id is replaced, not echoed.
+                _, headers, _ = await get(served.http[0], "/items/8", {"X-Request-ID": "x\x01y"})
+                made = headers["x-request-id"]
+                assert made != "x\x01y"
+                assert len(made) == 16
+    found = records(logs)
+    access = [r for r in found if r.get("logger") == "megatrio.access"]
+    assert len(access) == 2
+    first = access[0]
+    assert (first["method"], first["path"], first["status"]) == ("GET", "/items/7", 200)
+    assert first["request_id"] == "abc-123"
+    assert first["bytes"] > 0
+    assert first["duration_ms"] >= 0
+    assert first["remote"].startswith("127.0.0.1:")
+    assert "s3cret" not in json.dumps(found)  # the query string is not logged
+    # The handler's own record carries the request id too.
+    [handler_record] = [r for r in found if r.get("logger") == "obs.handler" and "7" in r["event"]]
+    assert handler_record["request_id"] == "abc-123"
+    assert access[1]["request_id"] == made
+
+
+async def test_the_access_log_can_be_turned_off() -> None:
+    app = observed_app()
+    async with captured_logs() as logs:
+        with trio.fail_after(30):
+            async with serving(app, attrs.evolve(CONFIG, access_log=False)) as served:
+                status, headers, _ = await get(served.http[0], "/items/1")
+                assert status == 200
+                assert "x-request-id" in headers  # ids stay: they are for the app's own records
+    assert not [r for r in records(logs) if r.get("logger") == "megatrio.access"]
+
+
+def metrics_of(text: bytes) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+    found: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+    for family in text_string_to_metric_families(text.decode()):
+        for sample in family.samples:
+            found.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+    return found
+
+
+async def test_metrics_cover_children_restarts_and_requests_by_route_template() -> None:
+    app = observed_app()
+    with trio.fail_after(30):
+        async with serving(app) as served:
+            for n in (1, 2, 3):
+                await get(served.http[0], f"/items/{n}")
+            await get(served.http[0], "/nope")
+            await get(served.http[0], "/crash")
+            status, headers, body = await get(served.admin[0], "/metrics")
+            assert status == 200
+            assert headers["content-type"].startswith("text/plain; version=0.0.4")
+            metrics = metrics_of(body)
+    requests = metrics["megatrio_http_requests_total"]
+    assert requests[(("method", "GET"), ("route", "/items/<int:item_id>"), ("status", "200"))] == 3
+    assert requests[(("method", "GET"), ("route", "<unmatched>"), ("status", "404"))] == 1
+    assert requests[(("method", "GET"), ("route", "/crash"), ("status", "500"))] == 1
+    assert metrics["megatrio_http_request_duration_seconds_count"][()] == 5
+    assert metrics["megatrio_http_requests_in_flight"][()] == 0
+    # The child that crashed once was restarted: the counter says so, and it is up.
+    assert metrics["megatrio_child_restarts_total"][(("path", "obs/flaky_child"),)] == 1
+    assert metrics["megatrio_child_up"][(("path", "obs/flaky_child"),)] == 1
+    assert metrics["megatrio_child_up"][(("path", "obs/http"),)] == 1
+    # Annotations are stats: the listener's connection counters, by name.
+    stats = metrics["megatrio_child_stat"]
+    assert (("path", "obs/http"), ("stat", "connection_errors")) in stats
