@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import signal
 import socket
 from collections.abc import AsyncIterator
@@ -118,8 +119,9 @@ async def closed_with(ws: trio_websocket.WebSocketConnection) -> tuple[int, str]
     ],
 )
 async def test_bad_input_closes_that_connection_with_its_code_and_nothing_else(
-    send: Any, code: int
+    send: Any, code: int, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="megatrio.ws")
     app = chat_app(max_message_bytes=1000)
     with trio.fail_after(30):
         async with serving(app) as (_, url):
@@ -133,6 +135,10 @@ async def test_bad_input_closes_that_connection_with_its_code_and_nothing_else(
                 await bystander.send_message(json.dumps("still here"))
                 assert (await receive_json(bystander))["data"] == "still here"
             assert hub_info(app)["connection_errors"] == 0
+    # Logged once, with its code.
+    closes = [r for r in caplog.records if r.name == "megatrio.ws" and "closed" in r.getMessage()]
+    assert len(closes) == 1
+    assert f"closed {code} " in closes[0].getMessage()
 
 
 async def test_invalid_utf8_ends_the_connection_as_1007() -> None:

@@ -46,6 +46,7 @@ import anyio.abc
 import trio
 import trio_websocket
 
+from ..._policy._throttle import TokenBucket
 from ...nursery._child import ChildContext, current_child
 from ...nursery._errors import containing, describe, log_exception
 from ..logs._redact import Redactor
@@ -62,6 +63,9 @@ _ORIGIN = "Megatrio-Origin"
 _FRAME = "Megatrio-Frame"
 _EXCLUDE = "Megatrio-Exclude"
 _FANOUT_PENDING = 10_000
+# Normal, going away, no status, abnormal (the peer vanished): not worth a log line.
+_ORDINARY_CLOSES = frozenset({1000, 1001, 1005, 1006})
+_CLOSE_LOGS_PER_MINUTE = 10
 _hubs = itertools.count(1)
 
 _ANNOTATE_SECONDS = 1.0
@@ -101,6 +105,7 @@ class Hub:
         self._idle = trio.Event()
         self._idle.set()
         self.closes: collections.Counter[int] = collections.Counter()
+        self._close_logs = TokenBucket.per_period(_CLOSE_LOGS_PER_MINUTE, 60.0)
         self.rejections: collections.Counter[int] = collections.Counter()
         self.handler_errors = 0
         self.connection_errors = 0
@@ -347,9 +352,25 @@ class Hub:
         for channel in list(conn.channels):
             self.leave(conn, channel)
         if self.connections.pop(conn.id, None) is not None:
-            self.closes[conn.close_code or 1006] += 1
+            code = conn.close_code or 1006
+            self.closes[code] += 1
+            if code not in _ORDINARY_CLOSES:
+                self._log_close(conn, code)
         if not self.connections:
             self._idle.set()
+
+    def _log_close(self, conn: Connection, code: int) -> None:
+        # Once per connection, and at most a burst per minute: a peer that sends bad frames
+        # on many connections cannot flood the log (the counts are in the tree).
+        if self._close_logs.try_acquire(trio.current_time()):
+            log.info(
+                "ws %s: connection %s from %s closed %d (%s)",
+                conn.endpoint.rule,
+                conn.id,
+                conn.remote,
+                code,
+                self._redactor.scrub(conn.close_reason or "no reason"),
+            )
 
     def rejected(self, conn: Connection, status: int) -> None:
         self.rejections[status] += 1
