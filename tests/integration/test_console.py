@@ -190,7 +190,9 @@ def test_a_log_record_at_the_prompt_gets_its_own_line_and_the_prompt_is_redrawn(
             assert response.read() == b"slow done"  # its handler logs a record
         # The prompt line is blanked, the record written from the left margin, then the
         # prompt and the typed text are back.
-        terminal.wait_for(rb">>> pri\r\x1b\[K[^\r\n]*slow request started[^\r\n]*\r\n>>> pri$")
+        terminal.wait_for(rb">>> pri\r\x1b\[K[^\r\n]*slow request started[^\r\n]*\r\n>>> pri")
+        # And the request's access record the same way, before anything is typed.
+        terminal.wait_for(rb"\r\x1b\[K[^\r\n]*GET /slow 200[^\r\n]*\r\n>>> pri$")
         terminal.type(b"nt('typed', 6 * 7)\n")  # readline still holds "pri"
         terminal.wait_for(rb"\r\ntyped 42\r\n")
         terminal.type(b"\x04")  # Ctrl-D
