@@ -18,6 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 import megatrio
 from megatrio import App, Config, Serving, serve_app
 
+from ..browser import Page, chromium_page
+
 pytestmark = pytest.mark.anyio
 
 
@@ -181,3 +183,49 @@ async def test_metrics_cover_children_restarts_and_requests_by_route_template() 
     # Annotations are stats: the listener's connection counters, by name.
     stats = metrics["megatrio_child_stat"]
     assert (("path", "obs/http"), ("stat", "connection_errors")) in stats
+
+
+async def test_the_live_tree_page_shows_every_child_and_a_crash_and_restart_within_2s() -> None:
+    app = App("live")
+    crash = trio.Event()
+
+    @app.child()
+    async def worker(*, task_status: trio.TaskStatus[None]) -> None:
+        task_status.started()
+        await crash.wait()
+        raise RuntimeError("worker fell over (token=s3cret)")
+
+    @app.get("/crash")
+    async def crash_it() -> str:
+        nonlocal crash
+        crash.set()
+        crash = trio.Event()  # the restarted worker waits on a fresh one
+        return "ok"
+
+    async def visible(page: Page) -> dict[str, Any]:
+        found = await page.evaluate(
+            "JSON.stringify(Array.from(document.querySelectorAll('li')).map(li => "
+            "[li.dataset.path, li.dataset.state, li.dataset.restarts, li.textContent]))"
+        )
+        return {
+            path: (state, int(restarts), text)
+            for path, state, restarts, text in json.loads(found or "[]")
+        }
+
+    with trio.fail_after(60):
+        async with serving(app) as served, chromium_page() as page:
+            await page.goto(served.admin[0] + "/_megatrio/")
+            while "live/worker" not in (shown := await visible(page)):  # noqa: ASYNC110
+                await trio.sleep(0.1)
+            children = {c["name"] for c in app.rt.snapshot()["children"]}
+            assert {path.removeprefix("live/") for path in shown} >= children
+            assert shown["live/worker"][:2] == ("running", 0)
+            await get(served.http[0], "/crash")
+            # The page polls by itself: within two seconds it shows the crash and the restart.
+            with trio.move_on_after(2.0):
+                while (await visible(page))["live/worker"][1] < 1:  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+            _, restarts, text = (await visible(page))["live/worker"]
+            assert restarts == 1
+            assert "worker fell over" in text
+            assert "s3cret" not in text  # the page shows the redacted error

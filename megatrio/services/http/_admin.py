@@ -6,6 +6,8 @@ carry whatever an exception message carried.
 
 from __future__ import annotations
 
+import functools
+import importlib.resources
 import urllib.parse
 from collections.abc import Callable
 from typing import Any
@@ -20,6 +22,13 @@ from ._server import ASGIApp, Receive, Scope, Send, send_body, send_json
 
 TREE_PATH = "/_megatrio/tree"
 METRICS_PATH = "/metrics"
+PAGE_PATH = "/_megatrio/"
+"""The live tree page: a static page, shipped with the package, that polls :data:`TREE_PATH`."""
+
+
+@functools.cache
+def _page() -> bytes:
+    return importlib.resources.files(__package__).joinpath("_static/tree.html").read_bytes()
 
 
 async def serve_lifespan(receive: Receive, send: Send) -> None:
@@ -42,9 +51,10 @@ def admin_app(
     redactor: Redactor,
     http_metrics: HttpMetrics | None = None,
 ) -> ASGIApp:
-    """ASGI app for ``GET /_megatrio/tree`` (JSON; ``?format=text`` for a tree), ``/metrics``
-    (Prometheus text, :mod:`._metrics`; with *http_metrics*, the public listener's requests
-    too) and ``/healthz``."""
+    """ASGI app for ``GET /_megatrio/tree`` (JSON; ``?format=text`` for a tree), the live tree
+    page ``/_megatrio/`` (it polls the tree twice a second; no build step, no CDN),
+    ``/metrics`` (Prometheus text, :mod:`._metrics`; with *http_metrics*, the public
+    listener's requests too) and ``/healthz``."""
     registry = registry_for(snapshot, http_metrics)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
@@ -59,6 +69,17 @@ def admin_app(
         path = scope["path"]
         if path == "/healthz":
             await send_body(send, 200, b"ok\n")
+        elif path == PAGE_PATH:
+            await send_body(send, 200, _page(), b"text/html; charset=utf-8")
+        elif path == PAGE_PATH.rstrip("/"):
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 308,
+                    "headers": [(b"location", PAGE_PATH.encode()), (b"content-length", b"0")],
+                }
+            )
+            await send({"type": "http.response.body", "body": b""})
         elif path == METRICS_PATH:
             body = generate_latest(registry)
             await send_body(send, 200, body, CONTENT_TYPE.encode())
