@@ -33,7 +33,7 @@ from quart_trio import QuartTrio
 
 from .._runtime import Runtime
 from ..nursery._timer import every
-from ..services.http._access import ROUTE_KEY
+from ..services.http._access import ROUTE_KEY, HttpMetrics
 from ..services.http._error_pages import register_error_pages
 from ..services.jobs._codec import JSON, Codec
 from ..services.jobs._driver import JobSettings
@@ -84,6 +84,7 @@ class App:
         self._jobs: dict[str, JobSpec] = {}
         self._ws: list[WebSocketEndpoint] = []
         self._hub: Hub | None = None
+        self._http_metrics: HttpMetrics | None = None
         self._rt: Runtime | None = None
         self.setup()
 

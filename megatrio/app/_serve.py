@@ -6,7 +6,7 @@ import functools
 import logging
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -137,7 +137,7 @@ async def serve_app(
             app._attach(rt)
             rt.push_async_callback(_detach, app)
             readiness = _Readiness(rt)
-            http_metrics = HttpMetrics()
+            http_metrics = app._http_metrics = HttpMetrics()
             redis = await start_stores(rt, config)
             # The bus first: it opens the process's one NATS connection, which the jobs'
             # JetStream engine then shares.
@@ -217,7 +217,7 @@ def admin_spec(
     sockets: Sequence[socket.socket],
     *,
     opens_after: trio.Event | None = None,
-    http_metrics: HttpMetrics | None = None,
+    http_metrics: HttpMetrics | Callable[[], HttpMetrics] | None = None,
 ) -> ChildSpec:
     """The ``admin`` child: the tree and health endpoints of *rt* on *sockets*.
 

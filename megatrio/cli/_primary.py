@@ -45,6 +45,7 @@ import socket
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -58,6 +59,7 @@ from .._exceptions import (
 from .._runtime import Runtime, mega_runtime
 from ..app._serve import admin_spec
 from ..nursery._child import ChildContext, current_child
+from ..services.http._access import HttpMetrics
 from ..services.http._sockets import bind_listeners, closing_all
 from ..services.logs._redact import Redactor
 from ..supervisor import ChildSpec, Strategy, Supervisor
@@ -174,6 +176,19 @@ class Cluster:
             )
         }
         self.workers = worker_supervisor(list(self._specs.values()), config)
+        self._http_live: dict[int, dict[str, Any]] = {}
+        """Each running worker's latest request counts."""
+        self._http_retired = HttpMetrics()
+        """The last counts of every worker that has exited: totals never go back."""
+
+    def http_metrics(self) -> HttpMetrics:
+        """The request counts of the whole cluster: exited workers' plus running ones'."""
+        total = HttpMetrics()
+        total.add(self._http_retired.to_dict())
+        for counts in self._http_live.values():
+            total.add(counts)
+        total.in_flight = sum(int(c.get("in_flight", 0)) for c in self._http_live.values())
+        return total
 
     @property
     def stopping(self) -> bool:
@@ -321,6 +336,10 @@ class Cluster:
                 return
             await self._stop(index, proc)
         finally:
+            # What this worker counted outlives it in the cluster's totals.
+            retired = self._http_live.pop(index, None)
+            if retired is not None:
+                self._http_retired.add(retired)
             # The process first: nothing below may keep a worker alive after its child ends.
             if proc is not None:
                 if self._procs.get(index) is proc:
@@ -355,6 +374,13 @@ class Cluster:
                     ctx.mark_up()
                     ctx.annotate(ready=True)
                     log.info("worker %d (pid %d) ready", index, proc.pid)
+                    # Its tree from now on: shown under this child, as a nested
+                    # supervisor's is (the cluster in one tree).
+                    ctx.show_subtree(lambda: status.tree or {"name": "worker", "children": []})
+                    while chunk := await pipe.receive_some():
+                        status.feed(chunk)
+                        if status.http is not None:
+                            self._http_live[index] = status.http
                 finally:
                     read_done.set()
 
@@ -484,7 +510,13 @@ async def serve_cluster(
                 cluster.rt = rt
                 if admin:
                     await rt.start_child(
-                        admin_spec(rt, redactor, admin, opens_after=cluster.app_loaded)
+                        admin_spec(
+                            rt,
+                            redactor,
+                            admin,
+                            opens_after=cluster.app_loaded,
+                            http_metrics=cluster.http_metrics,
+                        )
                     )
                 await rt.start_child(
                     ChildSpec("workers", cluster.run_workers, shutdown_seconds=math.inf)

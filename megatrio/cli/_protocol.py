@@ -4,7 +4,8 @@ hand-off. Both ends import it; it imports neither."""
 from __future__ import annotations
 
 import contextlib
-from typing import IO
+import json
+from typing import IO, Any
 
 from ._exit import EXIT_FATAL
 
@@ -18,13 +19,17 @@ class WorkerStatus:
     The pipe goes one way, worker to primary: ``loaded`` once the app is imported and built,
     then ``ready`` once it serves; or, instead, ``failed CODE`` and then, until EOF, the
     report to print — the worker could not load the app, and the primary should stop with
-    exit code CODE (2: the target is wrong; 1: the app's own code raised). Lines end in
-    ``\n``.
+    exit code CODE (2: the target is wrong; 1: the app's own code raised). After ``ready``,
+    ``tree <json>`` lines carry the worker's supervision tree (:attr:`tree`, the latest one;
+    a torn or malformed line is dropped). Lines end in ``\n``.
     """
 
     def __init__(self) -> None:
         self.loaded = False
         self.ready = False
+        self.tree: dict[str, Any] | None = None
+        self.http: dict[str, Any] | None = None
+        """The worker's request counts with its latest tree (``HttpMetrics.to_dict()``)."""
         self._buffer = b""
         self._failed_code: int | None = None
 
@@ -36,15 +41,34 @@ class WorkerStatus:
                 self.loaded = True
             elif line == b"ready":
                 self.ready = True
+            elif line.startswith(b"tree "):
+                self._take_tree(line.removeprefix(b"tree "))
             elif line.startswith(b"failed "):
                 code = line.removeprefix(b"failed ")
                 self._failed_code = int(code) if code.isdigit() else EXIT_FATAL
+
+    def _take_tree(self, data: bytes) -> None:
+        try:
+            report = json.loads(data)
+        except ValueError:
+            return
+        if isinstance(report, dict) and isinstance(report.get("tree"), dict):
+            self.tree = report["tree"]
+            http = report.get("http")
+            self.http = http if isinstance(http, dict) else None
 
     def failure(self) -> tuple[int, str] | None:
         """``(exit code, report)`` once the pipe reached EOF after ``failed``, else None."""
         if self._failed_code is None:
             return None
         return self._failed_code, self._buffer.decode(errors="replace")
+
+
+def tree_line(snapshot: dict[str, Any], http: dict[str, Any] | None = None) -> bytes:
+    """The status-pipe line that reports *snapshot* (a worker's tree) and *http* (its request
+    counts, ``HttpMetrics.to_dict()``)."""
+    report = {"tree": snapshot, "http": http}
+    return b"tree " + json.dumps(report, default=str, separators=(",", ":")).encode() + b"\n"
 
 
 def tell(status: IO[bytes], message: bytes) -> None:

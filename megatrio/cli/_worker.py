@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
+from typing import IO
 
 import attrs
 import trio
@@ -21,7 +22,7 @@ from ..services.logs._logging import configure_logging
 from ..services.logs._redact import Redactor
 from ..supervisor import ChildSpec
 from ._exit import EXIT_FATAL, EXIT_FORCED, EXIT_OK, EXIT_USAGE
-from ._protocol import CONFIG_ENV, report_load_failure, tell
+from ._protocol import CONFIG_ENV, report_load_failure, tell, tree_line
 from ._startup import freeze_startup_objects
 from ._target import format_load_error, load_app, no_jobs_reason, parse_target
 
@@ -44,6 +45,34 @@ async def _watch_primary(parent_fd: int, app: App, *, task_status: trio.TaskStat
         nursery.start_soon(stop_on_eof)
         await ctx.wait_stopping()
         nursery.cancel_scope.cancel()
+
+
+TREE_EVERY_SECONDS = 1.0
+"""How often a worker reports its supervision tree to the primary."""
+
+
+async def _report_tree(
+    status: IO[bytes], ready_told: trio.Event, app: App, *, task_status: trio.TaskStatus[None]
+) -> None:
+    """Once ``ready`` has been told, send the primary this worker's tree every second, as
+    ``tree <json>`` lines on the status pipe (:class:`~._protocol.WorkerStatus`). A primary
+    that stops reading never holds this worker up: a line not sent within a second is cut
+    off, and the primary drops the torn line."""
+    task_status.started()
+    await ready_told.wait()
+    # From here this task is the pipe's only writer; its stream makes the fd non-blocking.
+    fd = os.dup(status.fileno())
+    status.close()
+    async with trio.lowlevel.FdStream(fd) as pipe:
+        while True:
+            http = app._http_metrics
+            line = tree_line(app.rt.snapshot(), None if http is None else http.to_dict())
+            with trio.move_on_after(TREE_EVERY_SECONDS):
+                try:
+                    await pipe.send_all(line)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    return  # the primary is gone; the parent pipe's EOF stops this worker
+            await trio.sleep(TREE_EVERY_SECONDS)
 
 
 def worker_process_main(
@@ -95,17 +124,22 @@ def worker_process_main(
                 app,
                 config,
                 handle_signals=True,
-                extra_children=[ChildSpec("primary-watch", _watch_primary, (parent_fd, app))],
+                extra_children=[
+                    ChildSpec("primary-watch", _watch_primary, (parent_fd, app)),
+                    ChildSpec("tree-report", _report_tree, (status, ready_told, app)),
+                ],
                 jobs_only=jobs_only,
                 task_status=task_status,
             )
         )
 
+    ready_told = trio.Event()
+
     async def main() -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(serve)
             tell(status, b"ready\n")
-            status.close()
+            ready_told.set()
 
     try:
         trio.run(main)

@@ -139,6 +139,12 @@ class ChildContext(metaclass=NoPublicConstructor):
             incarnation.info = {}
         incarnation.info.update(info)
 
+    def show_subtree(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        """Show ``snapshot()`` under this child in supervisor snapshots, as a nested
+        supervisor's own tree is shown (a cluster primary shows each worker's tree this way).
+        Not a checkpoint; called at every snapshot, so it must be cheap and must not raise."""
+        self._incarnation.snapshot = snapshot
+
     @property
     def info(self) -> dict[str, object]:
         """What :meth:`annotate` recorded (a copy)."""

@@ -245,3 +245,49 @@ def test_a_missing_module_is_refused_before_any_worker_starts(tmp_path: Path) ->
     proc = Process(["run", "no_such_module:app", "--workers", "2"])
     assert proc.finish() == 2
     assert proc.err[0].startswith("megatrio: error: module 'no_such_module' not found")
+
+
+def test_the_cluster_is_one_tree_and_its_metrics_total_every_worker_across_a_restart(
+    primary: Primary,
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def subtrees() -> dict[str, list[str]]:
+        return {
+            str(w["name"]): [c["name"] for c in w.get("supervisor", {}).get("children", [])]  # type: ignore[attr-defined]
+            for w in primary.workers_info()
+        }
+
+    def served_total() -> float:
+        import urllib.request
+
+        with urllib.request.urlopen(primary.admin + "/metrics", timeout=10) as response:
+            text = response.read().decode()
+        return sum(
+            sample.value
+            for family in text_string_to_metric_families(text)
+            for sample in family.samples
+            if sample.name == "megatrio_http_requests_total" and sample.labels["route"] == "/"
+        )
+
+    # Each worker's own children, under that worker, in the primary's tree.
+    trees = primary.wait_for(
+        lambda: (t := subtrees()) and all("http" in c for c in t.values()) and t, 20
+    )
+    assert set(trees) == {"worker-1", "worker-2"}
+    assert all({"http", "worker"} <= set(children) for children in trees.values())
+    with ThreadPoolExecutor(8) as pool:
+        assert all(status == 200 for status, _ in pool.map(primary.get, ["/"] * 40))
+    primary.wait_for(lambda: served_total() == 40, 10, "40 requests in the cluster's /metrics")
+    # kill -9 a worker: what it served stays counted; its replacement adds to it.
+    old = primary.ready_pids()
+    os.kill(old[0], signal.SIGKILL)
+    primary.wait_for(lambda: (p := primary.ready_pids()) and len(p) == 2 and old[0] not in p, 20)
+    assert served_total() == 40
+    with ThreadPoolExecutor(8) as pool:
+        assert all(status == 200 for status, _ in pool.map(primary.get, ["/"] * 10))
+    primary.wait_for(lambda: served_total() == 50, 10, "50 requests after the restart")
+    primary.signal(signal.SIGTERM)
+    assert primary.finish() == 0

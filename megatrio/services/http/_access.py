@@ -22,6 +22,7 @@ import re
 import secrets
 import time
 from collections.abc import Sequence
+from typing import Any
 
 from ..logs._context import REQUEST_ID
 from ._asgi import ASGIApp, Message, Receive, Scope, Send
@@ -52,6 +53,37 @@ class HttpMetrics:
         """Requests per latency bucket (the last one: above every bound)."""
         self.latency_sum = 0.0
         self.in_flight = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (JSON-serialisable): what a cluster worker reports to its primary."""
+        return {
+            "buckets": list(self.buckets),
+            "requests": [[m, r, s, n] for (m, r, s), n in self.requests.items()],
+            "latency_counts": list(self.latency_counts),
+            "latency_sum": self.latency_sum,
+            "in_flight": self.in_flight,
+        }
+
+    def add(self, data: dict[str, Any]) -> None:
+        """Add what :meth:`to_dict` gave (another process's counts) to these. Data with other
+        buckets, or malformed, is ignored."""
+        try:
+            if tuple(data["buckets"]) != self.buckets:
+                return
+            counts = [int(n) for n in data["latency_counts"]]
+            requests = [(str(m), str(r), int(s), int(n)) for m, r, s, n in data["requests"]]
+            latency_sum = float(data["latency_sum"])
+            in_flight = int(data["in_flight"])
+        except (KeyError, TypeError, ValueError):
+            return
+        if len(counts) != len(self.latency_counts):
+            return
+        for method, route, status, count in requests:
+            key = (method, route, status)
+            self.requests[key] = self.requests.get(key, 0) + count
+        self.latency_counts = [a + b for a, b in zip(self.latency_counts, counts, strict=True)]
+        self.latency_sum += latency_sum
+        self.in_flight += in_flight
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         key = (method, route, status)

@@ -49,7 +49,7 @@ async def serve_lifespan(receive: Receive, send: Send) -> None:
 def admin_app(
     snapshot: Callable[[], dict[str, Any]],
     redactor: Redactor,
-    http_metrics: HttpMetrics | None = None,
+    http_metrics: HttpMetrics | Callable[[], HttpMetrics] | None = None,
 ) -> ASGIApp:
     """ASGI app for ``GET /_megatrio/tree`` (JSON; ``?format=text`` for a tree), the live tree
     page ``/_megatrio/`` (it polls the tree twice a second; no build step, no CDN),

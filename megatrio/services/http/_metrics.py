@@ -12,7 +12,8 @@ types. A child path is ``root/jobs/email.send``.
   counter a service annotates is exported without any change here); a mapping of numbers
   (``closes`` by code) becomes ``stat="closes_1013"``;
 - ``megatrio_supervisor_restarts_in_window{path}`` for each supervisor;
-- with :class:`~._access.HttpMetrics`: ``megatrio_http_requests_total{method,route,status}``,
+- with :class:`~._access.HttpMetrics` (or a callable giving one: a cluster primary sums its
+  workers'): ``megatrio_http_requests_total{method,route,status}``,
   ``megatrio_http_request_duration_seconds`` (a histogram) and
   ``megatrio_http_requests_in_flight``.
 """
@@ -39,7 +40,9 @@ class TreeCollector(Collector):
     """Metric families from *snapshot* (a runtime's) and *http*, read at each scrape."""
 
     def __init__(
-        self, snapshot: Callable[[], dict[str, Any]], http: HttpMetrics | None = None
+        self,
+        snapshot: Callable[[], dict[str, Any]],
+        http: HttpMetrics | Callable[[], HttpMetrics] | None = None,
     ) -> None:
         self._snapshot = snapshot
         self._http = http
@@ -80,7 +83,8 @@ class TreeCollector(Collector):
                 window.add_metric([path], float(nested.get("restarts_in_window", 0)))
         yield from (up, state, restarts, uptime, stats, window)
         if self._http is not None:
-            yield from _http_families(self._http)
+            http = self._http if isinstance(self._http, HttpMetrics) else self._http()
+            yield from _http_families(http)
 
 
 def _children(node: dict[str, Any], path: str) -> Iterator[tuple[str, dict[str, Any]]]:
@@ -130,7 +134,8 @@ def _http_families(http: HttpMetrics) -> Iterator[Metric]:
 
 
 def registry_for(
-    snapshot: Callable[[], dict[str, Any]], http: HttpMetrics | None = None
+    snapshot: Callable[[], dict[str, Any]],
+    http: HttpMetrics | Callable[[], HttpMetrics] | None = None,
 ) -> CollectorRegistry:
     """A registry of its own (not prometheus-client's process-wide default) with the tree."""
     registry = CollectorRegistry(auto_describe=False)
