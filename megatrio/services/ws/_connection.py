@@ -30,6 +30,7 @@ import trio_websocket
 from ..._policy._send_queue import Offered, SendQueue
 from ..._policy._throttle import TokenBucket
 from ._endpoint import Reject, WebSocketEndpoint
+from ._frames import check_internals, encode_frame, send_frames
 
 if TYPE_CHECKING:
     from ._hub import Hub
@@ -47,6 +48,8 @@ TRY_AGAIN_LATER = 1013
 _CLOSE_SECONDS = 2.0
 """Bound on a close handshake (a peer that never answers it is simply dropped)."""
 _DISCONNECT_HANDLER_SECONDS = 5.0
+_WRITE_BYTES = 256 * 1024
+"""Bytes of queued frames one write of the writer carries at most."""
 
 Frame = str | bytes
 
@@ -110,7 +113,7 @@ class Connection:
         self.conn_state = State.CONNECTING
         self.close_code: int | None = None
         self.close_reason = ""
-        self._queue: SendQueue[Frame] = SendQueue(
+        self._queue: SendQueue[bytes] = SendQueue(
             max_bytes=settings.max_buffered_bytes, max_messages=settings.max_queued_messages
         )
         self._wake = trio.Event()
@@ -128,8 +131,8 @@ class Connection:
     def send(self, message: object) -> bool:
         """Queue *message* (see :func:`encode`); never waits. False when it was not queued:
         the connection is closing, or this send overflowed its queue and closed it (1013)."""
-        frame, size = encode(message)
-        return self.offer(frame, size)
+        frame = encode_frame(encode(message)[0])
+        return self.offer(frame, len(frame))
 
     def join(self, channel: str) -> None:
         self.hub.join(self, channel)
@@ -152,7 +155,8 @@ class Connection:
 
     # -- the hub's side ---------------------------------------------------------------------
 
-    def offer(self, frame: Frame, size: int, *, drop_oldest: bool = False) -> bool:
+    def offer(self, frame: bytes, size: int, *, drop_oldest: bool = False) -> bool:
+        """Queue *frame* (complete frame bytes, :func:`encode_frame`) of *size* bytes."""
         offer = self._queue.offer(frame, size, drop_oldest=drop_oldest)
         outcome = offer.outcome
         if outcome is Offered.QUEUED or outcome is Offered.DROPPED:
@@ -194,6 +198,7 @@ class Connection:
                 await request.reject(500)
                 return
         ws = await request.accept()
+        check_internals(ws)
         self.conn_state = State.OPEN
         self.hub.opened(self)
         try:
@@ -256,10 +261,17 @@ class Connection:
 
     async def _writer(self, ws: trio_websocket.WebSocketConnection, tree: trio.CancelScope) -> None:
         timeout = self.endpoint.settings.send_timeout_seconds
+        queue = self._queue
         try:
             while True:
-                taken = self._queue.take()
-                if taken is None:
+                # Everything queued goes in one write (up to a bound): a burst of broadcasts
+                # costs a connection one send, not one per message.
+                batch: list[bytes] = []
+                size = 0
+                while size < _WRITE_BYTES and (taken := queue.take()) is not None:
+                    batch.append(taken[0])
+                    size += taken[1]
+                if not batch:
                     if self._closing is not None:
                         break
                     await self._wake.wait()
@@ -267,11 +279,11 @@ class Connection:
                     continue
                 with trio.move_on_after(timeout) as send:
                     self._sending = send
-                    await ws.send_message(taken[0])
+                    await send_frames(ws, batch[0] if len(batch) == 1 else b"".join(batch))
                 self._sending = None
                 if send.cancelled_caught:
                     self._begin_close(TRY_AGAIN_LATER, "send timed out", flush=False)
-                    self._queue.clear()
+                    queue.clear()
                     break
                 if self._closing is not None and not self._flush:
                     break

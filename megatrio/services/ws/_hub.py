@@ -52,6 +52,7 @@ from ...nursery._errors import containing, describe, log_exception
 from ..logs._redact import Redactor
 from ._connection import GOING_AWAY, Connection, encode
 from ._endpoint import WebSocketEndpoint
+from ._frames import encode_frame
 from ._roster import Roster
 
 if TYPE_CHECKING:
@@ -193,16 +194,19 @@ class Hub:
         members = self._channels.get(channel)
         if not members and self._bus is None:
             return 0
-        frame, size = encode(message)
+        message_frame, _ = encode(message)
         skip = set(exclude)
         if self._bus is not None:
-            self._publish(channel, frame, skip)
-        return self._offer(channel, frame, size, skip)
+            self._publish(channel, message_frame, skip)
+        return self._offer(channel, message_frame, skip)
 
-    def _offer(self, channel: str, frame: str | bytes, size: int, skip: set[str]) -> int:
+    def _offer(self, channel: str, message: str | bytes, skip: set[str]) -> int:
         members = self._channels.get(channel)
         if not members:
             return 0
+        # Framed once, the same bytes for every member (a server's frames are not masked).
+        frame = encode_frame(message)
+        size = len(frame)
         drop_oldest = channel in self._drop_oldest
         queued = 0
         # A copy: a member that overflows leaves the channel as its connection closes.
@@ -249,7 +253,7 @@ class Hub:
                 frame: str | bytes = data if headers.get(_FRAME) == "binary" else data.decode()
                 skip = set(filter(None, headers.get(_EXCLUDE, "").split(",")))
                 self.fanout_received += 1
-                self._offer(channel, frame, len(data), skip)
+                self._offer(channel, frame, skip)
 
     def send_to(self, conn_id: str, message: object) -> bool:
         """Offer *message* to connection *conn_id* of this process; False if there is none
