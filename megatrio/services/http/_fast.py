@@ -118,6 +118,7 @@ class _Cycle:
         "complete",
         "delivered",
         "done",
+        "failed",
         "head",
         "keep_alive",
         "no_body",
@@ -143,6 +144,7 @@ class _Cycle:
         self.sent_continue = False
         self.waiter: trio.CancelScope | None = None
         self.done = False
+        self.failed = False
 
 
 class _Connection:
@@ -172,6 +174,7 @@ class _Connection:
         self._head_began: float | None = None
 
     async def run(self) -> None:
+        cycle: _Cycle | None = None
         try:
             while await self._next_request():
                 cycle = self._cycles[0]
@@ -183,7 +186,11 @@ class _Connection:
                 if self._error is not None and not self._broken:
                     await self._send_error(self._error.status, self._error.reason)
                     return
-            if not self._broken and isinstance(self._stream, trio.abc.HalfCloseableStream):
+            if self._broken:
+                return
+            if self._error is not None or (cycle is not None and not cycle.complete):
+                await _linger(self._stream)  # the peer may still be sending what we refused
+            elif isinstance(self._stream, trio.abc.HalfCloseableStream):
                 await self._stream.send_eof()  # a FIN after the last response, then the close
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             self._broken = True
@@ -237,6 +244,7 @@ class _Connection:
     def _fail(self, error: ProtocolError) -> None:
         self._error = error
         if self._receiving is not None:
+            self._receiving.failed = True
             # Its body is cut short: it is never served if it has not started.
             if self._cycles and self._cycles[-1] is self._receiving and len(self._cycles) > 1:
                 self._cycles.pop()
@@ -332,9 +340,11 @@ class _Connection:
         if not cycle.response_started:
             if self._error is not None:
                 cycle.keep_alive = False
+                cycle.failed = False
                 await self._send_simple(cycle, self._error.status, self._error.reason.encode())
                 self._error = None  # answered
             else:
+                cycle.keep_alive = False  # an app that forgot to answer: trust it no further
                 await self._send_simple(cycle, 500, b"Internal Server Error\n")
         elif not cycle.response_complete:
             cycle.keep_alive = False  # a truncated response: only the close can tell
@@ -385,6 +395,8 @@ class _Connection:
                 cycle.waiter = None
 
     async def _send(self, cycle: _Cycle, message: Message) -> None:
+        if cycle.failed and not cycle.response_started:
+            return  # its request failed (a limit, a timeout): the error is the answer
         kind = message["type"]
         if kind == "http.response.start":
             if cycle.response_started:

@@ -84,13 +84,23 @@ def _describe(headers: list[tuple[bytes, bytes]], version: str) -> tuple[int | N
     length: int | None = None
     expect = False
     hosts = 0
+    chunked = False
     for name, value in headers:
         if name == b"content-length":
+            # Each parser checks the value's digits; this one also refuses a repeat.
+            if length is not None:
+                raise ProtocolError(400, "more than one Content-Length")
             length = int(value)
+        elif name == b"transfer-encoding":
+            if chunked:
+                raise ProtocolError(400, "more than one Transfer-Encoding")
+            chunked = True
         elif name == b"expect":
             expect = value.lower() == b"100-continue"
         elif name == b"host":
             hosts += 1
+    if chunked and length is not None:
+        raise ProtocolError(400, "both Content-Length and Transfer-Encoding")
     if version == "1.1" and hosts != 1:
         raise ProtocolError(400, "an HTTP/1.1 request needs exactly one Host header")
     return length, expect
@@ -222,7 +232,9 @@ class _H11Parser:
             raise
         except h11.RemoteProtocolError as exc:
             self._dead = True
-            status = exc.error_status_hint
+            # h11 says 501 for a Transfer-Encoding other than chunked; llhttp, and so this
+            # front, says 400 to every framing it refuses.
+            status = 400 if exc.error_status_hint == 501 else exc.error_status_hint
             raise ProtocolError(status, f"malformed request: {exc}") from None
         except ValueError as exc:  # a Content-Length too long for int()
             self._dead = True
@@ -230,7 +242,8 @@ class _H11Parser:
 
     def _feed(self, data: bytes) -> list[Head | bytes | None]:
         conn = self._conn
-        conn.receive_data(data)
+        if data:  # to h11, no bytes would mean the end of the stream
+            conn.receive_data(data)
         events: list[Head | bytes | None] = []
         while True:
             if conn.their_state is h11.IDLE:
@@ -263,6 +276,9 @@ class _H11Parser:
         limits = self._limits
         if limits.max_header_count and len(headers) > limits.max_header_count:
             raise ProtocolError(431, "too many request headers")
+        size = len(request.target) + sum(len(n) + len(v) + 4 for n, v in headers)
+        if limits.max_head_bytes and size > limits.max_head_bytes:
+            raise ProtocolError(431, "request head too large")
         length, expect = _describe(headers, version)
         close = any(n == b"connection" and b"close" in v.lower() for n, v in headers)
         return Head(
