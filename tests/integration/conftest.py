@@ -9,7 +9,6 @@ started by a test read) and makes every in-process ``serve_app`` serve on that f
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 
 import attrs
 import pytest
@@ -47,7 +46,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture
-def http_front(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+def http_front(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     front = HttpFront(request.param)
     monkeypatch.setenv("MEGATRIO_HTTP_FRONT", front.value)
     original = serve_module.http_options
@@ -56,4 +55,4 @@ def http_front(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) 
         return attrs.evolve(original(config), front=front)  # type: ignore[arg-type]
 
     monkeypatch.setattr(serve_module, "http_options", http_options)
-    yield front.value
+    return front.value
