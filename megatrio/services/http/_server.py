@@ -51,7 +51,7 @@ from ._asgi import Receive as Receive
 from ._asgi import Scope as Scope
 from ._asgi import Send as Send
 from ._error_pages import accept_of, prefers_json, render_error
-from ._fast import Drain, FastSettings, serve_connection
+from ._fast import Connections, FastSettings, serve_connection
 from ._front import HttpFront
 from ._h1parse import Limits
 from ._hypercorn import HypercornServer, OrderedSendStream, make_config
@@ -274,9 +274,9 @@ class _Server:
             limits=Limits(
                 max_header_count=options.max_header_count, max_head_bytes=options.max_head_bytes
             ),
-            root_path=options.root_path,
+            root_path=options.root_path.rstrip("/"),
         )
-        self._drain = Drain()
+        self._drain = Connections()
         self._label = label
         self._graceful_seconds = graceful_seconds
         self._limit = options.max_concurrent_connections
@@ -307,6 +307,8 @@ class _Server:
         self._annotate()
         async with self._hypercorn.open_lifespan(), trio.open_nursery() as connections:
             connections.start_soon(self._close_stragglers)
+            if self._fast:
+                connections.start_soon(self._drain.watch, self._drained)
             async with trio.open_nursery() as accepting:
                 for listener in listeners:
                     accepting.start_soon(self._accept, listener, connections)
@@ -317,7 +319,7 @@ class _Server:
             for listener in listeners:
                 listener.socket.close()
             await self._hypercorn.stop_keep_alive()
-            self._drain.begin()
+            self._drain.begin_drain()
             self._stopping = True
             self._stop_began.set()
             if not self._live:
@@ -406,14 +408,20 @@ class _Server:
                 self._drained.set()
 
     async def _route(self, stream: trio.abc.Stream, peer: str) -> None:
-        """Hypercorn, or the upgrade router's handler, by the first request head."""
-        assert self._upgrade is not None
+        """The HTTP front, hypercorn for a WebSocket the router does not take (the fast
+        front speaks no WebSocket), or the upgrade router's handler, by the first head."""
         head, complete = await read_head(stream, self._head_timeout)
         if not head:
             return  # closed or silent before a first byte: nothing to serve
         request = parse_head(head) if complete else None
-        handler = self._upgrade(request) if request is not None else None
+        router = self._upgrade
+        handler = router(request) if request is not None and router is not None else None
         replay = ReplayStream(stream, head)
+        websocket = request is not None and request.is_websocket_upgrade()
+        if handler is None and self._fast and websocket:
+            # The app's own (Quart) WebSocket routes: hypercorn speaks WebSocket.
+            await self._hypercorn.serve(replay)
+            return
         if handler is None:
             await self._serve_http(replay, None, False)
         else:
@@ -427,7 +435,7 @@ class _Server:
             await self._hypercorn.serve(stream, app)
             return
         sock = stream.socket  # type: ignore[attr-defined]
-        await serve_connection(
+        handoff = await serve_connection(
             _unavailable if rejected else self._app,
             stream,
             self._fast_settings,
@@ -436,6 +444,9 @@ class _Server:
             server=_address(sock.getsockname),
             client=_address(sock.getpeername),
         )
+        if handoff is not None:
+            # A WebSocket handshake for the app's own (Quart) routes: hypercorn speaks it.
+            await self._hypercorn.serve(ReplayStream(stream, handoff))
 
     def _connection_failed(self, error: Exception, peer: str) -> None:
         self.connection_errors += 1
