@@ -41,12 +41,14 @@ def _fronts() -> list[str]:
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     module = metafunc.module.__name__.rsplit(".", 1)[-1]
     if module in BOTH_FRONTS:
-        metafunc.fixturenames.append("http_front")
         metafunc.parametrize("http_front", _fronts(), indirect=True)
 
 
-@pytest.fixture
-def http_front(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+@pytest.fixture(autouse=True)
+def http_front(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str | None:
+    """Autouse, so that it is in every test's closure; it acts only where parametrized."""
+    if not hasattr(request, "param"):
+        return None
     front = HttpFront(request.param)
     monkeypatch.setenv("MEGATRIO_HTTP_FRONT", front.value)
     original = serve_module.http_options

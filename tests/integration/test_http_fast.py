@@ -240,6 +240,26 @@ async def test_scope_carries_path_query_addresses_and_lifespan_state() -> None:
     assert scope["state"] == {}
 
 
+async def test_an_app_waiting_in_receive_learns_that_the_peer_left() -> None:
+    left = trio.Event()
+
+    async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await serve_lifespan(receive, send)
+            return
+        assert (await receive())["type"] == "http.request"
+        assert (await receive())["type"] == "http.disconnect"  # a long poll, abandoned
+        left.set()
+
+    async with serving(app) as url:
+        stream = await connect(url)
+        await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        await trio.sleep(0.2)  # past the watch's first tick: the app's receive() is parked
+        await stream.aclose()
+        with trio.fail_after(2):
+            await left.wait()
+
+
 async def test_head_responses_and_204_carry_no_body() -> None:
     async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -296,6 +316,36 @@ async def _idle_then_slow_head() -> None:
 
 def test_idle_keep_alive_connections_close_and_a_slow_head_is_a_408(parser: str) -> None:
     trio.run(_idle_then_slow_head, clock=trio.testing.MockClock(autojump_threshold=0))
+
+
+async def _receiver_released() -> None:
+    delays: list[float] = []
+
+    async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await serve_lifespan(receive, send)
+            return
+
+        async def receiver() -> None:  # as Quart's: receives until http.disconnect
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            delays.append(trio.current_time() - sent_at)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receiver)
+            await trio.sleep(0.01)  # the receiver has taken the body and waits
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            sent_at = trio.current_time()
+            await send({"type": "http.response.body", "body": b"ok"})
+
+    async with serving(app) as url:
+        response = await exchange(url, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    assert split_response(response)[2] == b"ok"
+    assert delays == [0.0]  # released by the response itself, not by a later tick
+
+
+def test_a_complete_response_releases_a_pending_receive_at_once(parser: str) -> None:
+    trio.run(_receiver_released, clock=trio.testing.MockClock(autojump_threshold=0))
 
 
 async def _drain() -> None:
