@@ -580,7 +580,7 @@ def main(settings: Settings) -> int:
         print(
             f"\nWARNING: the machine was busy in {len(busy)} of {len(runs)} runs (server CPU <"
             f" {BUSY_SERVER_CPU:.0f}% or other load > {BUSY_OTHER} cores): the servers were"
-            f" starved and req/s ratios are unreliable; CPU-eff. is the steadier comparison."
+            f" starved and req/s ratios are unreliable; CPU/req is the steadier comparison."
         )
     invalid = [run for run in runs if run.problems]
     for run in invalid:

@@ -212,7 +212,7 @@ class Config:
         default="", metadata=_meta(parse.socket_path, "also listen on this Unix socket path")
     )
     http_front: HttpFront = attrs.field(
-        default=HttpFront.HYPERCORN,
+        default=HttpFront.FAST,
         metadata=_meta(
             parse.one_of(HttpFront), "fast or hypercorn: who serves plain HTTP/1.1 (TLS: hypercorn)"
         ),

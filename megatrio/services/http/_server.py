@@ -171,7 +171,7 @@ class HttpOptions:
     upgrade: UpgradeRouter | None = None
     """Who else may serve a connection, decided from its first request head (see
     :mod:`._upgrade`): the WebSocket hub's way onto this port. None: the front serves all."""
-    front: HttpFront = HttpFront.HYPERCORN
+    front: HttpFront = HttpFront.FAST
     """Who serves plain HTTP/1.1 connections (TLS ones are hypercorn's either way)."""
     request_timeout_seconds: float = 10.0
     """Fast front: a request head must arrive, and a body may pause, no longer than this."""
