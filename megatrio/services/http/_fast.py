@@ -28,6 +28,10 @@ connection closes after ``keep_alive_timeout_seconds``. A malformed request is a
 
 **Draining.** Once :meth:`Connections.begin_drain` is called, idle connections close at once, and a
 connection with a request in flight closes after its response (``Connection: close``).
+
+This module is longer than the ~400 lines megatrio aims for: it is one connection's state
+machine (reading, the ASGI receive and send of each cycle, framing, errors, closing), whose
+parts share the connection's state at every step; the parsing is apart, in :mod:`._h1parse`.
 """
 
 from __future__ import annotations
