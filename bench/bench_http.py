@@ -1,33 +1,41 @@
-"""HTTP serving benchmark: ``megatrio run`` against bare quart-trio and bare ASGI on hypercorn.
+"""HTTP serving benchmark: megatrio's two HTTP/1.1 fronts against hypercorn and uvicorn.
 
 Run ``python bench/bench_http.py`` from anywhere (``--quick`` for a short run); it needs ``wrk``
-on PATH. Three servers, each its own process bound to 127.0.0.1 on a free port, all serving the
+on PATH. Eight servers, each its own process bound to 127.0.0.1 on a free port, all serving the
 same trivial ``GET /`` (a 13-byte text body) from ``bench/http_apps/``:
 
-- megatrio: ``python -m megatrio run bench.http_apps.megatrio_app:app`` (admin listener off,
-  log level warning, JSON logs) — the App's Quart routes behind megatrio's ASGI front, in
-  hypercorn's trio worker, under megatrio's runtime;
-- bare quart-trio: ``python -m hypercorn --worker-class trio bench.http_apps.quart_app:app``
-  with the same handler (hypercorn's defaults: one worker process, access log off; error log
-  at warning) — the baseline;
-- bare ASGI: ``python -m hypercorn --worker-class trio bench.http_apps.asgi_app:app``, a raw
-  ASGI callable sending the same response — the ceiling of hypercorn's trio worker
-  (informational).
+- megatrio, fast front: ``python -m megatrio run bench.http_apps.megatrio_app:app --http fast``
+  (admin listener off, log level warning, JSON logs) — the App's Quart routes on megatrio's
+  own HTTP/1.1 front, under megatrio's runtime;
+- megatrio, hypercorn front: the same with ``--http hypercorn`` (hypercorn's trio worker);
+- quart-trio on hypercorn: ``python -m hypercorn --worker-class trio
+  bench.http_apps.quart_app:app`` with the same handler (hypercorn's defaults: one worker
+  process, access log off; error log at warning);
+- raw ASGI on the fast front: ``python -m bench.http_apps.fast_asgi HOST:PORT``, a raw ASGI
+  callable sending the same response, on megatrio's front without the runtime;
+- raw ASGI on hypercorn trio / asyncio: the same callable, ``python -m hypercorn
+  --worker-class trio|asyncio bench.http_apps.asgi_app:app``;
+- Quart on uvicorn, Starlette on uvicorn: ``python -m uvicorn`` (its defaults: httptools,
+  the asyncio loop unless uvloop is installed, access log off here) with the same handler on
+  Quart (asyncio), and on Starlette.
 
 The servers are started with the repository root as their working directory, which is how
 ``bench.http_apps`` is found (``bench`` is a package; ``python -m`` puts the cwd on sys.path).
 Each app is its own module, so each server imports only its own stack.
 
-Each run: start the server, poll its port until it accepts, check one response, warm up with
-wrk, measure with ``wrk -t1 -c32 --latency``, read the serving process's RSS and CPU time, then
-SIGTERM it and require it to exit within a few seconds (megatrio with status 0). One wrk
-thread: the machine this was written for has 2 cores and every server is one single-threaded
-process, so wrk gets one core and the server the other. The three servers run one after
-another and the rotation repeats (A B C A B C A B C); each column is the median over the
-rotations. Any non-2xx response or socket error invalidates the run. Besides req/s and latency
-the table shows each server's CPU time per request, the share of a core it got and the CPU all
-other processes used meanwhile, and the script warns when the machine was busy: on a shared
-machine, CPU per request is the steadier comparison.
+Each run: start the server pinned to CPU 0 (``taskset``, when there is more than one CPU),
+poll its port until it accepts, check one response, warm up with wrk (pinned to CPU 1),
+measure with ``wrk -t1 -c32 --latency``, read the serving process's RSS and CPU time, then
+SIGTERM it and require it to exit within a few seconds (megatrio with status 0). The servers
+run one after another and the rotation repeats (A B C ... A B C ...); each column is the median
+over the rotations. Any non-2xx response or socket error invalidates the run. Besides req/s and
+latency the table shows each server's CPU time per request, the share of a core it got and the
+CPU all other processes used meanwhile, and the script warns when the machine was busy: on a
+shared machine, CPU per request is the steadier comparison.
+
+Targets (as ratios of medians from the same run): megatrio on the fast front >= 0.9x Quart on
+uvicorn; raw ASGI on the fast front >= 1.0x raw ASGI on hypercorn's asyncio worker; megatrio
+on hypercorn >= 0.95x bare quart-trio on hypercorn.
 
 Progress goes to stderr, the table to stdout. Exit status 0 when every run was valid (whatever
 the targets say), 1 when a run was invalid, 2 when wrk is missing.
@@ -58,7 +66,6 @@ from _common import markdown_table
 
 REPO = Path(__file__).resolve().parent.parent
 EXPECTED_BODY = b"hello, world\n"  # bench/http_apps/__init__.py: BODY
-TARGET_RATIO = 0.95
 START_TIMEOUT = 30.0
 STOP_TIMEOUT = 5.0
 BUSY_SERVER_CPU = 90.0  # below this the server was starved (or not saturated): warn
@@ -77,27 +84,78 @@ class BenchError(Exception):
 class Server:
     key: str
     label: str
-    target: str
-    megatrio: bool
+    command: tuple[str, ...]
+    """argv after the interpreter; ``{bind}`` stands for HOST:PORT, ``{host}``/``{port}``."""
+    kind: str
+    """``megatrio`` (must exit 0 on SIGTERM), ``hypercorn`` (its spawned worker serves), or
+    ``plain`` (the process itself serves)."""
 
     def argv(self, port: int) -> list[str]:
-        bind = f"127.0.0.1:{port}"
-        if self.megatrio:
-            return [
-                sys.executable, "-m", "megatrio", "run", self.target, "--bind", bind,
-                "--admin-bind", "", "--log-level", "warning", "--log-format", "json",
-            ]  # fmt: skip
-        # hypercorn's access log is off unless --access-logfile is given.
-        return [
-            sys.executable, "-m", "hypercorn", "--worker-class", "trio", "--bind", bind,
-            "--log-level", "warning", self.target,
-        ]  # fmt: skip
+        values = {"bind": f"127.0.0.1:{port}", "host": "127.0.0.1", "port": str(port)}
+        argv = [sys.executable, *(part.format(**values) for part in self.command)]
+        if (os.cpu_count() or 1) > 1 and shutil.which("taskset"):
+            argv = ["taskset", "-c", "0", *argv]
+        return argv
 
 
-MEGATRIO = Server("megatrio", "megatrio run (App)", "bench.http_apps.megatrio_app:app", True)
-QUART = Server("quart", "bare quart-trio", "bench.http_apps.quart_app:app", False)
-ASGI = Server("asgi", "bare ASGI", "bench.http_apps.asgi_app:app", False)
-SERVERS = (MEGATRIO, QUART, ASGI)
+def _megatrio(front: str) -> tuple[str, ...]:
+    return (
+        "-m", "megatrio", "run", "bench.http_apps.megatrio_app:app", "--bind", "{bind}",
+        "--admin-bind", "", "--log-level", "warning", "--log-format", "json", "--http", front,
+    )  # fmt: skip
+
+
+def _hypercorn(worker: str, target: str) -> tuple[str, ...]:
+    # hypercorn's access log is off unless --access-logfile is given.
+    return (
+        "-m", "hypercorn", "--worker-class", worker, "--bind", "{bind}", "--log-level",
+        "warning", target,
+    )  # fmt: skip
+
+
+def _uvicorn(target: str) -> tuple[str, ...]:
+    return (
+        "-m", "uvicorn", "--host", "{host}", "--port", "{port}", "--log-level", "warning",
+        "--no-access-log", target,
+    )  # fmt: skip
+
+
+MEGATRIO_FAST = Server(
+    "megatrio-fast", "megatrio run (App), fast front", _megatrio("fast"), "megatrio"
+)
+MEGATRIO = Server(
+    "megatrio", "megatrio run (App), hypercorn front", _megatrio("hypercorn"), "megatrio"
+)
+QUART = Server(
+    "quart", "quart-trio on hypercorn trio", _hypercorn("trio", "bench.http_apps.quart_app:app"),
+    "hypercorn",
+)  # fmt: skip
+ASGI_FAST = Server(
+    "asgi-fast", "raw ASGI on the fast front", ("-m", "bench.http_apps.fast_asgi", "{bind}"),
+    "plain",
+)  # fmt: skip
+ASGI = Server(
+    "asgi", "raw ASGI on hypercorn trio", _hypercorn("trio", "bench.http_apps.asgi_app:app"),
+    "hypercorn",
+)  # fmt: skip
+ASGI_ASYNCIO = Server(
+    "asgi-aio", "raw ASGI on hypercorn asyncio",
+    _hypercorn("asyncio", "bench.http_apps.asgi_app:app"), "hypercorn",
+)  # fmt: skip
+QUART_UVICORN = Server(
+    "quart-uv", "Quart on uvicorn", _uvicorn("bench.http_apps.quart_asyncio_app:app"), "plain"
+)
+STARLETTE = Server(
+    "starlette-uv", "Starlette on uvicorn", _uvicorn("bench.http_apps.starlette_app:app"), "plain"
+)
+SERVERS = (MEGATRIO_FAST, MEGATRIO, QUART, ASGI_FAST, ASGI, ASGI_ASYNCIO, QUART_UVICORN, STARLETTE)
+
+TARGETS = {
+    MEGATRIO_FAST.key: (QUART_UVICORN, 0.9),
+    ASGI_FAST.key: (ASGI_ASYNCIO, 1.0),
+    MEGATRIO.key: (QUART, 0.95),
+}
+"""A server's target: at least this ratio of that server's req/s, in the same run."""
 
 
 def free_port() -> int:
@@ -129,7 +187,7 @@ def check_response(url: str) -> None:
 
 def serving_pid(server: Server, proc: subprocess.Popen[bytes]) -> int:
     """The process that serves: megatrio's own; hypercorn's spawned worker (not the parent)."""
-    if server.megatrio:
+    if server.kind != "hypercorn":
         return proc.pid
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -262,6 +320,8 @@ def run_wrk(
     wrk: str, script: Path, url: str, threads: int, connections: int, seconds: int
 ) -> WrkResult:
     argv = [wrk, f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    if (os.cpu_count() or 1) > 1 and shutil.which("taskset"):
+        argv = ["taskset", "-c", "1", *argv]
     argv += ["-s", str(script), url]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
     if done.returncode != 0:
@@ -343,7 +403,7 @@ def run_server(server: Server, rotation: int, wrk: str, settings: Settings, tmp:
             exit_code = None
             problems.append(f"still running {STOP_TIMEOUT:.0f} s after SIGTERM")
         stop_seconds = time.monotonic() - stop_began
-        if server.megatrio and exit_code not in (0, None):
+        if server.kind == "megatrio" and exit_code not in (0, None):
             problems.append(f"exited with status {exit_code} after SIGTERM (expected 0)")
         if problems:
             problems.append(f"server output:\n{tail(log)}")
@@ -395,23 +455,20 @@ class Summary:
 def render(summaries: dict[str, Summary]) -> str:
     header = (
         "server", "req/s", "p50", "p99", "server CPU", "CPU/req", "other load", "RSS",
-        "vs quart-trio", "vs ASGI", "CPU-eff. vs quart-trio", "target", "result",
+        "vs Quart/uvicorn", "vs quart-trio", "target", "result",
     )  # fmt: skip
+    uvicorn_rps = summaries[QUART_UVICORN.key].median("rps")
     quart_rps = summaries[QUART.key].median("rps")
-    quart_cpu = summaries[QUART.key].median("cpu_per_req")
-    asgi_rps = summaries[ASGI.key].median("rps")
     cells = []
     for key, summary in summaries.items():
         rps = summary.median("rps")
-        ratio = rps / quart_rps
-        if key == MEGATRIO.key:
-            target = f">= {TARGET_RATIO:.2f}x quart-trio"
-            passed = ratio >= TARGET_RATIO and summary.valid and summaries[QUART.key].valid
+        if key in TARGETS:
+            other, ratio = TARGETS[key]
+            passed = verdict(summaries, key)
+            target = f">= {ratio:.2f}x {other.label}"
             result = "PASS" if passed else "FAIL"
-        elif key == QUART.key:
-            target, result = "baseline", "-"
         else:
-            target, result = "ceiling", "info"
+            target, result = "-", "info"
         if not summary.valid:
             result += " (invalid run)"
         cells.append(
@@ -424,21 +481,31 @@ def render(summaries: dict[str, Summary]) -> str:
                 f"{summary.median('cpu_per_req'):.0f} us",
                 f"{summary.median('other'):.2f} cores",
                 f"{summary.median('rss') / 1024:.1f} MiB",
-                f"{ratio:.2f}x",
-                f"{rps / asgi_rps:.2f}x",
-                f"{quart_cpu / summary.median('cpu_per_req'):.2f}x",
+                f"{rps / uvicorn_rps:.2f}x",
+                f"{rps / quart_rps:.2f}x",
                 target,
                 result,
             )
         )
-    return markdown_table(header, cells, right={1, 2, 3, 4, 5, 6, 7, 8, 9, 10})
+    return markdown_table(header, cells, right={1, 2, 3, 4, 5, 6, 7, 8, 9})
+
+
+def ratio_of(summaries: dict[str, Summary], key: str) -> float:
+    other, _ = TARGETS[key]
+    return summaries[key].median("rps") / summaries[other.key].median("rps")
+
+
+def verdict(summaries: dict[str, Summary], key: str) -> bool:
+    other, wanted = TARGETS[key]
+    valid = summaries[key].valid and summaries[other.key].valid
+    return valid and ratio_of(summaries, key) >= wanted
 
 
 def describe_run(run: Run) -> str:
     w = run.wrk
     exit_text = "did not exit" if run.exit_code is None else f"exit {run.exit_code}"
     return (
-        f"{run.server.key:<8} rotation {run.rotation}: {w.rps:,.0f} req/s ({w.requests:,} "
+        f"{run.server.key:<12} rotation {run.rotation}: {w.rps:,.0f} req/s ({w.requests:,} "
         f"requests), p50 {w.p50_ms:.2f} ms, p99 {w.p99_ms:.2f} ms, server CPU "
         f"{run.cpu_percent:.0f}% ({run.cpu_us_per_request:.0f} us/request), wrk "
         f"{run.wrk_percent:.0f}%, other load {run.other_cores:.2f} cores, RSS "
@@ -488,17 +555,18 @@ def main(settings: Settings) -> int:
     print(
         f"megatrio HTTP benchmark ({settings.mode}) - Python {platform.python_version()}, "
         f"trio {version('trio')}, hypercorn {version('hypercorn')}, quart {version('quart')}, "
-        f"quart-trio {version('quart-trio')}, megatrio {version('megatrio')}; "
+        f"quart-trio {version('quart-trio')}, uvicorn {version('uvicorn')}, starlette "
+        f"{version('starlette')}, httptools {version('httptools')}, megatrio "
+        f"{version('megatrio')}; "
         f"{wrk_version(wrk)}; {os.cpu_count()} CPUs"
     )
     print(
         f"load: wrk -t{settings.threads} -c{settings.connections} -d{settings.seconds}s "
         f"--latency after a {settings.warmup_seconds} s warm-up, GET / (13-byte body), "
-        f"keep-alive; servers rotated {settings.rotations}x (A B C ...), medians over the "
-        f"rotations; server CPU = the serving process's user+system time during the measurement;"
-        f" other load = CPU used meanwhile by all other processes (not the server, not wrk);"
-        f" CPU-eff. = quart-trio's CPU/req over this server's (the req/s ratio two CPU-bound"
-        f" servers would show on idle cores)"
+        f"keep-alive; server pinned to CPU 0, wrk to CPU 1; servers rotated "
+        f"{settings.rotations}x (A B C ...), medians over the rotations; server CPU = the "
+        f"serving process's user+system time during the measurement; other load = CPU used "
+        f"meanwhile by all other processes (not the server, not wrk)"
     )
     print(f"load average before: {load_before}, after: {load_text()}")
     print()
@@ -512,16 +580,20 @@ def main(settings: Settings) -> int:
         print(
             f"\nWARNING: the machine was busy in {len(busy)} of {len(runs)} runs (server CPU <"
             f" {BUSY_SERVER_CPU:.0f}% or other load > {BUSY_OTHER} cores): the servers were"
-            f" starved and req/s ratios are unreliable; CPU-eff. is the steadier comparison."
+            f" starved and req/s ratios are unreliable; CPU/req is the steadier comparison."
         )
     invalid = [run for run in runs if run.problems]
     for run in invalid:
         print(f"\nINVALID run {run.server.key} rotation {run.rotation}:")
         for problem in run.problems:
             print(f"  {problem}")
-    ratio = summaries[MEGATRIO.key].median("rps") / summaries[QUART.key].median("rps")
-    verdict = "PASS" if ratio >= TARGET_RATIO and not invalid else "FAIL"
-    print(f"\nmegatrio / bare quart-trio = {ratio:.3f} (target >= {TARGET_RATIO}): {verdict}")
+    print()
+    for key, (other, wanted) in TARGETS.items():
+        passed = verdict(summaries, key) and not invalid
+        print(
+            f"{summaries[key].server.label} / {other.label} = {ratio_of(summaries, key):.3f}"
+            f" (target >= {wanted}): {'PASS' if passed else 'FAIL'}"
+        )
     print(f"total benchmark time {total:.1f} s")
     return 1 if invalid else 0
 

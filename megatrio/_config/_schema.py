@@ -18,6 +18,7 @@ from typing import Any
 import attrs
 
 from .._exceptions import ConfigError
+from ..services.http._front import HttpFront
 from ..services.logs._levels import LogFormat, LogLevel
 from . import _parsers as parse
 
@@ -209,6 +210,12 @@ class Config:
     )
     uds: str = attrs.field(
         default="", metadata=_meta(parse.socket_path, "also listen on this Unix socket path")
+    )
+    http_front: HttpFront = attrs.field(
+        default=HttpFront.FAST,
+        metadata=_meta(
+            parse.one_of(HttpFront), "fast or hypercorn: who serves plain HTTP/1.1 (TLS: hypercorn)"
+        ),
     )
     keep_alive_timeout_seconds: float = attrs.field(
         default=5.0, metadata=_meta(parse.positive_seconds, "idle keep-alive connections close")

@@ -307,6 +307,7 @@ def http_options(config: Config) -> HttpOptions:
     """The public listener's serving options from *config*."""
     return HttpOptions(
         keep_alive_timeout_seconds=config.keep_alive_timeout_seconds,
+        front=config.http_front,
         max_concurrent_connections=config.max_concurrent_connections,
         root_path=config.root_path,
         forwarded_allow_ips=config.forwarded_allow_ips,

@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 
 from .._config import Config, config_keys, load_config
 from ..services.http._addresses import parse_address
+from ..services.http._front import HttpFront
 from ..services.logs._levels import LogFormat, LogLevel
 
 
@@ -172,6 +173,14 @@ def build_parser() -> _Parser:
             "--uds",
             metavar="PATH",
             help="also listen on a Unix domain socket at PATH (default: none)",
+        )
+        p.add_argument(
+            "--http",
+            "--http-front",
+            dest="http_front",
+            metavar="{" + ",".join(front.value for front in HttpFront) + "}",
+            help="who serves plain HTTP/1.1: megatrio's fast front or hypercorn; TLS and "
+            f"HTTP/2 are always hypercorn's (default: {_DEFAULTS.http_front.value})",
         )
         p.add_argument(
             "--keep-alive-timeout-seconds",
@@ -421,6 +430,7 @@ def config_from(args: argparse.Namespace) -> Config:
         "grace_seconds",
         "shutdown_delay_seconds",
         "uds",
+        "http_front",
         "keep_alive_timeout_seconds",
         "max_concurrent_connections",
         "root_path",

@@ -547,7 +547,7 @@ def test_run_help_shows_defaults_variables_precedence_and_exit_codes() -> None:
     assert set(options) == {
         "--config", "--bind", "--host", "--port", "--admin-bind", "--grace-seconds",
         "--workers", "--log-level", "--log-format", "--app-dir", "--factory", "--uds",
-        "--shutdown-delay-seconds", "--no-access-log",
+        "--shutdown-delay-seconds", "--no-access-log", "--http",
         "--keep-alive-timeout-seconds", "--max-concurrent-connections", "--root-path",
         "--forwarded-allow-ips", "--certfile", "--keyfile", "--reload", "--reload-dir",
     }  # fmt: skip

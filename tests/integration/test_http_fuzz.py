@@ -318,8 +318,11 @@ async def test_a_burst_of_malformed_chunked_bodies_is_answered_400_and_serving_g
 
 
 async def test_with_the_send_race_exposed_the_failure_stays_with_its_connection(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, http_front: str
 ) -> None:
+    if http_front == "fast":
+        pytest.skip("hypercorn's race: the fast front sends a connection's bytes from one task")
+
     # hypercorn's own behaviour: send_eof does not wait for a send in progress, so the 400's
     # send_all can meet the app task's send_eof and raise BusyResourceError.
     async def unordered_send_all(self: Any, data: bytes) -> None:

@@ -9,6 +9,7 @@ import pytest
 
 from megatrio import Config, ConfigError, LogFormat, LogLevel, load_config
 from megatrio._config import CacheConfig, CacheDriverKind, unknown_environment_variables
+from megatrio.services.http._front import HttpFront
 
 
 def test_defaults_without_any_source(tmp_path: Path) -> None:
@@ -153,6 +154,11 @@ def test_serving_options_from_file_environment_and_flags(tmp_path: Path) -> None
         (f'uds = "/{"x" * 200}"\n', "key 'uds': expected a socket path of at most 107 bytes"),
         ('certfile = "c.pem"\n', "certfile and keyfile go together"),
         ('uds = "/tmp/a.sock"\nworkers = 2\n', "uds serves one process"),
+        (
+            'http_front = "quick"\n',
+            "key 'http_front': expected one of 'fast', 'hypercorn', got 'quick'",
+        ),
+        ("http_front = 1\n", "key 'http_front': expected one of 'fast', 'hypercorn', got 1"),
     ],
 )
 def test_bad_serving_options_name_file_key_and_expectation(
@@ -174,6 +180,10 @@ def test_bad_serving_option_flags_and_variables_name_their_source(tmp_path: Path
         load_config(directory=tmp_path, environ={}, overrides={"max_concurrent_connections": "x"})
     with pytest.raises(ConfigError, match="environment variable MEGATRIO_FORWARDED_ALLOW_IPS: key"):
         load_config(directory=tmp_path, environ={"MEGATRIO_FORWARDED_ALLOW_IPS": "proxy.local"})
+    with pytest.raises(ConfigError, match="command-line option --http-front: key 'http_front'"):
+        load_config(directory=tmp_path, environ={}, overrides={"http_front": "h2"})
+    fast = load_config(directory=tmp_path, environ={"MEGATRIO_HTTP_FRONT": "FAST"})
+    assert fast.http_front is HttpFront.FAST
 
 
 def test_run_flags_reach_the_serving_options(

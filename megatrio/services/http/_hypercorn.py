@@ -220,6 +220,12 @@ class HypercornServer:
         self._lifespan_state: dict[str, Any] = {}
         self._connection_state = ConnectionState(self._lifespan_state.copy())
 
+    @property
+    def lifespan_state(self) -> dict[str, Any]:
+        """What the app put in the lifespan state at startup (every request's starting
+        state)."""
+        return self._lifespan_state
+
     @staticmethod
     def wrap(app: ASGIApp) -> object:
         """*app* as the callable hypercorn's protocol layer calls (for :meth:`serve`)."""

@@ -51,6 +51,9 @@ from ._asgi import Receive as Receive
 from ._asgi import Scope as Scope
 from ._asgi import Send as Send
 from ._error_pages import accept_of, prefers_json, render_error
+from ._fast import Connections, FastSettings, serve_connection
+from ._front import HttpFront
+from ._h1parse import Limits
 from ._hypercorn import HypercornServer, OrderedSendStream, make_config
 from ._proxy_headers import TrustedPeers, proxy_headers
 from ._sockets import bind_listeners, closing_all, socket_url
@@ -167,7 +170,17 @@ class HttpOptions:
     keyfile: str = ""
     upgrade: UpgradeRouter | None = None
     """Who else may serve a connection, decided from its first request head (see
-    :mod:`._upgrade`): the WebSocket hub's way onto this port. None: hypercorn serves all."""
+    :mod:`._upgrade`): the WebSocket hub's way onto this port. None: the front serves all."""
+    front: HttpFront = HttpFront.FAST
+    """Who serves plain HTTP/1.1 connections (TLS ones are hypercorn's either way)."""
+    request_timeout_seconds: float = 10.0
+    """Fast front: a request head must arrive, and a body may pause, no longer than this."""
+    max_body_bytes: int = 0
+    """Fast front: a request body past this is answered 413 (0: no limit)."""
+    max_header_count: int = 100
+    """Fast front: more request headers than this are answered 431 (0: no limit)."""
+    max_head_bytes: int = 64 * 1024
+    """Fast front: a request head past this size is answered 431 (0: no limit)."""
 
 
 async def serve_http(
@@ -209,7 +222,9 @@ async def serve_http(
         keyfile=options.keyfile,
     )
     ssl_context = config.create_ssl_context()
-    server = _Server(HypercornServer(app, config), label, graceful_seconds, options, ssl_context)
+    server = _Server(
+        HypercornServer(app, config), app, label, graceful_seconds, options, ssl_context
+    )
     with closing_all(bind_listeners(binds, backlog=config.backlog)) as sockets:
         await server.run(sockets, task_status)
 
@@ -243,12 +258,25 @@ class _Server:
     def __init__(
         self,
         hypercorn: HypercornServer,
+        app: ASGIApp,
         label: str,
         graceful_seconds: float,
         options: HttpOptions,
         ssl_context: ssl.SSLContext | None,
     ) -> None:
         self._hypercorn = hypercorn
+        self._app = app
+        self._fast = options.front is HttpFront.FAST and ssl_context is None
+        self._fast_settings = FastSettings(
+            keep_alive_timeout_seconds=options.keep_alive_timeout_seconds,
+            request_timeout_seconds=options.request_timeout_seconds,
+            max_body_bytes=options.max_body_bytes,
+            limits=Limits(
+                max_header_count=options.max_header_count, max_head_bytes=options.max_head_bytes
+            ),
+            root_path=options.root_path.rstrip("/"),
+        )
+        self._drain = Connections()
         self._label = label
         self._graceful_seconds = graceful_seconds
         self._limit = options.max_concurrent_connections
@@ -279,6 +307,8 @@ class _Server:
         self._annotate()
         async with self._hypercorn.open_lifespan(), trio.open_nursery() as connections:
             connections.start_soon(self._close_stragglers)
+            if self._fast:
+                connections.start_soon(self._drain.watch, self._drained)
             async with trio.open_nursery() as accepting:
                 for listener in listeners:
                     accepting.start_soon(self._accept, listener, connections)
@@ -289,6 +319,7 @@ class _Server:
             for listener in listeners:
                 listener.socket.close()
             await self._hypercorn.stop_keep_alive()
+            self._drain.begin_drain()
             self._stopping = True
             self._stop_began.set()
             if not self._live:
@@ -362,7 +393,7 @@ class _Server:
         try:
             with containing(lambda error: self._connection_failed(error, peer)):
                 if self._upgrade is None or rejected:
-                    await self._hypercorn.serve(stream, app)
+                    await self._serve_http(stream, app, rejected)
                 else:
                     await self._route(stream, peer)
         finally:
@@ -377,18 +408,45 @@ class _Server:
                 self._drained.set()
 
     async def _route(self, stream: trio.abc.Stream, peer: str) -> None:
-        """Hypercorn, or the upgrade router's handler, by the first request head."""
-        assert self._upgrade is not None
+        """The HTTP front, hypercorn for a WebSocket the router does not take (the fast
+        front speaks no WebSocket), or the upgrade router's handler, by the first head."""
         head, complete = await read_head(stream, self._head_timeout)
         if not head:
             return  # closed or silent before a first byte: nothing to serve
         request = parse_head(head) if complete else None
-        handler = self._upgrade(request) if request is not None else None
+        router = self._upgrade
+        handler = router(request) if request is not None and router is not None else None
         replay = ReplayStream(stream, head)
-        if handler is None:
+        websocket = request is not None and request.is_websocket_upgrade()
+        if handler is None and self._fast and websocket:
+            # The app's own (Quart) WebSocket routes: hypercorn speaks WebSocket.
             await self._hypercorn.serve(replay)
+            return
+        if handler is None:
+            await self._serve_http(replay, None, False)
         else:
             await handler(replay, peer, self._stop_began)
+
+    async def _serve_http(
+        self, stream: trio.abc.Stream, app: object | None, rejected: bool
+    ) -> None:
+        """One HTTP connection on the fast front (plain) or hypercorn (TLS, or as chosen)."""
+        if not self._fast:
+            await self._hypercorn.serve(stream, app)
+            return
+        sock = stream.socket  # type: ignore[attr-defined]
+        handoff = await serve_connection(
+            _unavailable if rejected else self._app,
+            stream,
+            self._fast_settings,
+            self._drain,
+            state=self._hypercorn.lifespan_state,
+            server=_address(sock.getsockname),
+            client=_address(sock.getpeername),
+        )
+        if handoff is not None:
+            # A WebSocket handshake for the app's own (Quart) routes: hypercorn speaks it.
+            await self._hypercorn.serve(ReplayStream(stream, handoff))
 
     def _connection_failed(self, error: Exception, peer: str) -> None:
         self.connection_errors += 1
@@ -420,6 +478,17 @@ class _Server:
                 connections_rejected=self.connections_rejected,
                 connections_dropped=self.connections_dropped,
             )
+
+
+def _address(get: Callable[[], object]) -> tuple[str, int] | None:
+    """A socket's (host, port) for an ASGI scope; None for a Unix socket or a reset peer."""
+    try:
+        address = get()
+    except OSError:
+        return None
+    if isinstance(address, tuple):
+        return (str(address[0]), int(address[1]))
+    return None
 
 
 def _peer_of(sock: trio.socket.SocketType) -> str:
