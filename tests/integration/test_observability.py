@@ -118,10 +118,12 @@ async def test_one_access_record_per_request_with_its_request_id_everywhere() ->
                 )
                 assert status == 200
                 assert headers["x-request-id"] == "abc-123"
-                # A hostile id is replaced, not echoed.
-                _, headers, _ = await get(served.http[0], "/items/8", {"X-Request-ID": "x\x01y"})
+                # A hostile id is replaced, not echoed (control characters never get this far:
+                # the HTTP front answers 400 to them).
+                hostile = "<script>alert(1)</script> " + "x" * 200
+                _, headers, _ = await get(served.http[0], "/items/8", {"X-Request-ID": hostile})
                 made = headers["x-request-id"]
-                assert made != "x\x01y"
+                assert made != hostile
                 assert len(made) == 16
     found = records(logs)
     access = [r for r in found if r.get("logger") == "megatrio.access"]
