@@ -7,6 +7,9 @@ same trivial ``GET /`` (a 13-byte text body) from ``bench/http_apps/``:
 - megatrio, fast front: ``python -m megatrio run bench.http_apps.megatrio_app:app --http fast``
   (admin listener off, log level warning, JSON logs) — the App's Quart routes on megatrio's
   own HTTP/1.1 front, under megatrio's runtime;
+- megatrio, fast front, access log on: the same at log level info, so each request writes its
+  access record (JSON, to the server's log file) — the access log's cost is this row against
+  the first (whose level, warning, writes no access record);
 - megatrio, hypercorn front: the same with ``--http hypercorn`` (hypercorn's trio worker);
 - quart-trio on hypercorn: ``python -m hypercorn --worker-class trio
   bench.http_apps.quart_app:app`` with the same handler (hypercorn's defaults: one worker
@@ -98,10 +101,11 @@ class Server:
         return argv
 
 
-def _megatrio(front: str) -> tuple[str, ...]:
+def _megatrio(front: str, log_level: str = "warning") -> tuple[str, ...]:
+    # At "warning" the access log (info records on megatrio.access) writes nothing.
     return (
         "-m", "megatrio", "run", "bench.http_apps.megatrio_app:app", "--bind", "{bind}",
-        "--admin-bind", "", "--log-level", "warning", "--log-format", "json", "--http", front,
+        "--admin-bind", "", "--log-level", log_level, "--log-format", "json", "--http", front,
     )  # fmt: skip
 
 
@@ -122,6 +126,12 @@ def _uvicorn(target: str) -> tuple[str, ...]:
 
 MEGATRIO_FAST = Server(
     "megatrio-fast", "megatrio run (App), fast front", _megatrio("fast"), "megatrio"
+)
+MEGATRIO_LOGGED = Server(
+    "megatrio-log",
+    "megatrio run (App), fast front, access log on",
+    _megatrio("fast", "info"),
+    "megatrio",
 )
 MEGATRIO = Server(
     "megatrio", "megatrio run (App), hypercorn front", _megatrio("hypercorn"), "megatrio"
@@ -148,7 +158,17 @@ QUART_UVICORN = Server(
 STARLETTE = Server(
     "starlette-uv", "Starlette on uvicorn", _uvicorn("bench.http_apps.starlette_app:app"), "plain"
 )
-SERVERS = (MEGATRIO_FAST, MEGATRIO, QUART, ASGI_FAST, ASGI, ASGI_ASYNCIO, QUART_UVICORN, STARLETTE)
+SERVERS = (
+    MEGATRIO_FAST,
+    MEGATRIO_LOGGED,
+    MEGATRIO,
+    QUART,
+    ASGI_FAST,
+    ASGI,
+    ASGI_ASYNCIO,
+    QUART_UVICORN,
+    STARLETTE,
+)
 
 TARGETS = {
     MEGATRIO_FAST.key: (QUART_UVICORN, 0.9),
