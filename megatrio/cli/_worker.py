@@ -55,24 +55,34 @@ async def _report_tree(
     status: IO[bytes], ready_told: trio.Event, app: App, *, task_status: trio.TaskStatus[None]
 ) -> None:
     """Once ``ready`` has been told, send the primary this worker's tree every second, as
-    ``tree <json>`` lines on the status pipe (:class:`~._protocol.WorkerStatus`). A primary
-    that stops reading never holds this worker up: a line not sent within a second is cut
-    off, and the primary drops the torn line."""
+    ``tree <json>`` lines on the status pipe (:class:`~._protocol.WorkerStatus`), until this
+    child is asked to stop. A primary that stops reading never holds this worker up: a line
+    not sent within a second is cut off, and the primary drops the torn line; a primary that
+    is gone ends the reports (its parent pipe's EOF stops this worker)."""
+    ctx = current_child()
+    assert ctx is not None
     task_status.started()
-    await ready_told.wait()
-    # From here this task is the pipe's only writer; its stream makes the fd non-blocking.
-    fd = os.dup(status.fileno())
-    status.close()
-    async with trio.lowlevel.FdStream(fd) as pipe:
-        while True:
-            http = app._http_metrics
-            line = tree_line(app.rt.snapshot(), None if http is None else http.to_dict())
-            with trio.move_on_after(TREE_EVERY_SECONDS):
-                try:
-                    await pipe.send_all(line)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    return  # the primary is gone; the parent pipe's EOF stops this worker
-            await trio.sleep(TREE_EVERY_SECONDS)
+    async with trio.open_nursery() as nursery:
+
+        async def report() -> None:
+            await ready_told.wait()
+            # From here this task is the pipe's only writer; its stream makes it non-blocking.
+            fd = os.dup(status.fileno())
+            status.close()
+            async with trio.lowlevel.FdStream(fd) as pipe:
+                while True:
+                    http = app._http_metrics
+                    line = tree_line(app.rt.snapshot(), None if http is None else http.to_dict())
+                    with trio.move_on_after(TREE_EVERY_SECONDS):
+                        try:
+                            await pipe.send_all(line)
+                        except (trio.BrokenResourceError, trio.ClosedResourceError):
+                            return
+                    await trio.sleep(TREE_EVERY_SECONDS)
+
+        nursery.start_soon(report)
+        await ctx.wait_stopping()
+        nursery.cancel_scope.cancel()
 
 
 def worker_process_main(
