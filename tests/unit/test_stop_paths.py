@@ -492,6 +492,7 @@ CHILD_SIDE = {
     "mark_up",
     "name",
     "path",
+    "show_subtree",  # what it shows under itself (a cluster primary's worker: its tree)
     "started",
     "stopping",
     "uptime_seconds",
