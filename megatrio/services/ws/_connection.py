@@ -54,17 +54,16 @@ _WRITE_BYTES = 256 * 1024
 Frame = str | bytes
 
 
-def encode(message: object) -> tuple[Frame, int]:
-    """*message* as a frame and its size in bytes: str as text, bytes as binary, anything else
-    as compact JSON text. Encode once, offer to many.
+def encode(message: object) -> Frame:
+    """*message* as a frame's payload: str as text, bytes as binary, anything else as compact
+    JSON text. Encode once, offer to many.
 
     Raises:
         TypeError / ValueError: not JSON-serialisable.
     """
-    if isinstance(message, bytes):
-        return message, len(message)
-    text = message if isinstance(message, str) else _JSON.encode(message)
-    return text, len(text.encode())
+    if isinstance(message, str | bytes):
+        return message
+    return _JSON.encode(message)
 
 
 _JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False)
@@ -131,7 +130,7 @@ class Connection:
     def send(self, message: object) -> bool:
         """Queue *message* (see :func:`encode`); never waits. False when it was not queued:
         the connection is closing, or this send overflowed its queue and closed it (1013)."""
-        frame = encode_frame(encode(message)[0])
+        frame = encode_frame(encode(message))
         return self.offer(frame, len(frame))
 
     def join(self, channel: str) -> None:

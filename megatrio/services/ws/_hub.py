@@ -194,7 +194,7 @@ class Hub:
         members = self._channels.get(channel)
         if not members and self._bus is None:
             return 0
-        message_frame, _ = encode(message)
+        message_frame = encode(message)
         skip = set(exclude)
         if self._bus is not None:
             self._publish(channel, message_frame, skip)
