@@ -64,5 +64,9 @@ class Registry(Generic[T]):
         """The registered names, sorted."""
         return sorted(self._values)
 
+    def values(self) -> list[T]:
+        """The registered values, in the order of their names."""
+        return [self._values[name] for name in sorted(self._values)]
+
     def __repr__(self) -> str:
         return f"<Registry of {self.kind} in {self.owner!r}: {', '.join(self.names()) or 'none'}>"

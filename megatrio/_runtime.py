@@ -16,6 +16,7 @@ import anyio.abc
 from ._policy._checks import check_seconds
 from ._policy._nonces import NonceStore
 from ._registry import Registry
+from ._samples import SampleSource
 from ._util import NoPublicConstructor
 from .nursery._errors import describe, unwrapped_groups
 from .nursery._signals import check_main_thread, serve_stop_signals
@@ -68,6 +69,11 @@ class Runtime(metaclass=NoPublicConstructor):
         self.caches: Registry[Cache] = Registry("cache", name)
         """The caches by alias, registered by :func:`megatrio.open_cache` for as long as it is
         open. The registry is generic: the runtime keeps the map and knows nothing of caches."""
+        self.metric_sources: Registry[SampleSource] = Registry("metric source", name)
+        """What services count, by source name (``cache:default``, ``nonces``, ``alerts``):
+        each a callable giving :class:`~megatrio._samples.Sample` values, read by the admin
+        listener's ``/metrics`` at each scrape. A service registers its source while it is
+        open and discards it when it closes."""
         self._nonces: NonceStore | None = None
         self._jobs: Jobs | None = None
         self._bus: Bus | None = None

@@ -193,6 +193,8 @@ class Supervisor:
         # Validates the intensity arguments now; each run gets a fresh window like it.
         self._window = RestartWindow(max_restarts, period_seconds, min_uptime_seconds)
         self._initial = specs
+        # Kept across runs: a parent that restarts this supervisor runs this same object.
+        self._give_ups = 0
         self._rng = random_source if random_source is not None else random.Random()
         self._path: tuple[str, ...] = (name,)
         self._run: _Run | None = None
@@ -386,10 +388,11 @@ class Supervisor:
 
         Not a checkpoint. ``restarts`` counts every restart of this run; ``restarts_in_window``
         the crashes the restart window still holds (the supervisor gives up at one more than
-        ``max_restarts``). Each child has ``name``, ``state``, ``restart``, ``restarts``,
-        ``uptime_seconds`` (``None`` when not running), ``last_error`` (one line or ``None``),
-        ``info`` when the child annotated itself (:meth:`ChildContext.annotate`) and, for a
-        nested supervisor, ``supervisor`` (its own snapshot).
+        ``max_restarts``); ``give_ups`` how often this supervisor gave up, over all its runs.
+        Each child has ``name``, ``state``, ``restart``, ``restarts``, ``uptime_seconds``
+        (``None`` when not running), ``last_error`` (one line or ``None``), ``info`` when the
+        child annotated itself (:meth:`ChildContext.annotate`) and, for a nested supervisor,
+        ``supervisor`` (its own snapshot).
         """
         core = self._core
         run = self._run
@@ -428,6 +431,7 @@ class Supervisor:
             "min_uptime_seconds": self.min_uptime_seconds,
             "restarts": total,
             "restarts_in_window": in_window,
+            "give_ups": self._give_ups,
             "children": children,
         }
 
@@ -641,6 +645,7 @@ class Supervisor:
 
     def _raise_outcome(self, outcome: Finished[Exception]) -> None:
         if outcome.outcome is Outcome.GAVE_UP:
+            self._give_ups += 1
             give_up = RestartIntensityExceeded(self.name, self.max_restarts, self.period_seconds)
             raise give_up from outcome.error
         if outcome.outcome is Outcome.STARTUP_FAILED:

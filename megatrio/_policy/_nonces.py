@@ -56,6 +56,7 @@ class NonceWindow:
         "_bucket_heap",
         "_buckets",
         "_expiry",
+        "accepted",
         "bucket_seconds",
         "max_entries",
         "rejected",
@@ -74,6 +75,7 @@ class NonceWindow:
         self._buckets: dict[int, list[tuple[str, str]]] = {}
         self._bucket_heap: list[int] = []
         self.rejected: collections.Counter[str] = collections.Counter()
+        self.accepted = 0
 
     def __len__(self) -> int:
         return len(self._expiry)
@@ -99,6 +101,7 @@ class NonceWindow:
             keys = self._buckets[bucket] = []
             heapq.heappush(self._bucket_heap, bucket)
         keys.append(key)
+        self.accepted += 1
         return NonceVerdict.ACCEPTED
 
     def _reject(self, verdict: NonceVerdict) -> NonceVerdict:

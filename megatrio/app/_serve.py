@@ -6,7 +6,7 @@ import functools
 import logging
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -15,6 +15,7 @@ import trio
 
 from .._config import Config
 from .._runtime import Runtime, mega_runtime
+from .._samples import Sample, gather
 from ..nursery._child import ChildContext, current_child
 from ..services.http._access import HttpMetrics, observed
 from ..services.http._addresses import is_loopback, parse_address
@@ -218,17 +219,25 @@ def admin_spec(
     *,
     opens_after: trio.Event | None = None,
     http_metrics: HttpMetrics | Callable[[], HttpMetrics] | None = None,
+    samples: Callable[[], Iterable[Sample]] | None = None,
 ) -> ChildSpec:
-    """The ``admin`` child: the tree and health endpoints of *rt* on *sockets*.
+    """The ``admin`` child: the tree and health endpoints of *rt* on *sockets*; ``/metrics``
+    has every sample of ``rt.metric_sources`` and those of *samples* (a primary's workers').
 
     With *opens_after* the child reports started at once but serves only once that event is
     set, and never if it is asked to stop first (a cluster primary opens its admin listener
     only when a worker has loaded the app). It reports the bound URLs only without it.
     """
+
+    def every_sample() -> Iterator[Sample]:
+        yield from gather(rt.metric_sources.values())
+        if samples is not None:
+            yield from samples()
+
     return ChildSpec(
         "admin",
         _serve_admin,
-        (admin_app(rt.snapshot, redactor, http_metrics), sockets, opens_after),
+        (admin_app(rt.snapshot, redactor, http_metrics, every_sample), sockets, opens_after),
         shutdown_seconds=ADMIN_GRACE_SECONDS,
     )
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from .._config import CacheConfig, CacheDriverKind, Config, NonceDriverKind
 from .._policy._throttle import TokenBucket
 from .._runtime import Runtime
+from .._samples import SampleSource
 from ..services.logs._redact import Redactor
 from ..services.stores._cache import CacheDriver, MemoryCache, open_cache
 from ..services.stores._file_cache import FileCache
@@ -73,7 +74,7 @@ async def start_stores(
 async def _open_alerts(rt: Runtime, config: Config, base: Path) -> None:
     if not (config.alerts_telegram_bot_token or config.alerts_webhook_url):
         return
-    from ..services.alerts._dispatcher import serve_alerts
+    from ..services.alerts._dispatcher import AlertDispatcher, serve_dispatcher
     from ..services.alerts._handler import AlertHandler
     from ..services.alerts._senders import TelegramSender, WebhookSender
 
@@ -89,16 +90,23 @@ async def _open_alerts(rt: Runtime, config: Config, base: Path) -> None:
     root.addHandler(handler)
     # The handler goes when the runtime stops (LIFO: after the dispatcher's last round).
     rt.push_async_callback(_remove_handler, root, handler)
-    dispatch = functools.partial(
-        serve_alerts,
+    dispatcher = AlertDispatcher(
         handler,
         sender,
         queue=queue,
         throttle=TokenBucket.per_period(config.alerts_per_minute, 60.0),
         name=rt.name,
     )
+    samples = dispatcher.samples
+    rt.metric_sources.add("alerts", samples)
+    rt.push_async_callback(_discard_source, rt, "alerts", samples)
     # Enough grace for the last round of sends on a graceful stop.
-    await rt.start_child(ChildSpec("alerts", dispatch, shutdown_seconds=15.0))
+    child = functools.partial(serve_dispatcher, dispatcher)
+    await rt.start_child(ChildSpec("alerts", child, shutdown_seconds=15.0))
+
+
+async def _discard_source(rt: Runtime, name: str, source: SampleSource) -> None:
+    rt.metric_sources.discard(name, source)
 
 
 async def _remove_handler(root: logging.Logger, handler: logging.Handler) -> None:

@@ -60,6 +60,7 @@ from .._runtime import Runtime, mega_runtime
 from ..app._serve import admin_spec
 from ..nursery._child import ChildContext, current_child
 from ..services.http._access import HttpMetrics
+from ..services.http._metrics import ClusterSamples
 from ..services.http._sockets import bind_listeners, closing_all
 from ..services.logs._redact import Redactor
 from ..supervisor import ChildSpec, Strategy, Supervisor
@@ -180,6 +181,8 @@ class Cluster:
         """Each running worker's latest request counts."""
         self._http_retired = HttpMetrics()
         """The last counts of every worker that has exited: totals never go back."""
+        self.samples = ClusterSamples()
+        """The workers' metric samples (counters of exited workers kept)."""
 
     def http_metrics(self) -> HttpMetrics:
         """The request counts of the whole cluster: exited workers' plus running ones'."""
@@ -340,6 +343,7 @@ class Cluster:
             retired = self._http_live.pop(index, None)
             if retired is not None:
                 self._http_retired.add(retired)
+            self.samples.retire(index)
             # The process first: nothing below may keep a worker alive after its child ends.
             if proc is not None:
                 if self._procs.get(index) is proc:
@@ -381,6 +385,8 @@ class Cluster:
                         status.feed(chunk)
                         if status.http is not None:
                             self._http_live[index] = status.http
+                        if status.samples is not None:
+                            self.samples.update(index, status.samples)
                 finally:
                     read_done.set()
 
@@ -516,6 +522,7 @@ async def serve_cluster(
                             admin,
                             opens_after=cluster.app_loaded,
                             http_metrics=cluster.http_metrics,
+                            samples=cluster.samples.samples,
                         )
                     )
                 await rt.start_child(

@@ -7,6 +7,7 @@ import contextlib
 import json
 from typing import IO, Any
 
+from .._samples import Sample, from_data
 from ._exit import EXIT_FATAL
 
 CONFIG_ENV = "MEGATRIO__CONFIG"
@@ -30,6 +31,8 @@ class WorkerStatus:
         self.tree: dict[str, Any] | None = None
         self.http: dict[str, Any] | None = None
         """The worker's request counts with its latest tree (``HttpMetrics.to_dict()``)."""
+        self.samples: list[Sample] | None = None
+        """Its services' metric samples with its latest tree."""
         self._buffer = b""
         self._failed_code: int | None = None
 
@@ -56,6 +59,7 @@ class WorkerStatus:
             self.tree = report["tree"]
             http = report.get("http")
             self.http = http if isinstance(http, dict) else None
+            self.samples = list(from_data(report.get("samples")))
 
     def failure(self) -> tuple[int, str] | None:
         """``(exit code, report)`` once the pipe reached EOF after ``failed``, else None."""
@@ -64,10 +68,15 @@ class WorkerStatus:
         return self._failed_code, self._buffer.decode(errors="replace")
 
 
-def tree_line(snapshot: dict[str, Any], http: dict[str, Any] | None = None) -> bytes:
-    """The status-pipe line that reports *snapshot* (a worker's tree) and *http* (its request
-    counts, ``HttpMetrics.to_dict()``)."""
-    report = {"tree": snapshot, "http": http}
+def tree_line(
+    snapshot: dict[str, Any],
+    http: dict[str, Any] | None = None,
+    samples: list[list[Any]] | None = None,
+) -> bytes:
+    """The status-pipe line that reports *snapshot* (a worker's tree), *http* (its request
+    counts, ``HttpMetrics.to_dict()``) and *samples* (its services' metrics,
+    :func:`megatrio._samples.to_data`)."""
+    report = {"tree": snapshot, "http": http, "samples": samples or []}
     return b"tree " + json.dumps(report, default=str, separators=(",", ":")).encode() + b"\n"
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import IO
 
 import attrs
 import trio
@@ -22,9 +21,10 @@ from ..services.logs._logging import configure_logging
 from ..services.logs._redact import Redactor
 from ..supervisor import ChildSpec
 from ._exit import EXIT_FATAL, EXIT_FORCED, EXIT_OK, EXIT_USAGE
-from ._protocol import CONFIG_ENV, report_load_failure, tell, tree_line
+from ._protocol import CONFIG_ENV, report_load_failure, tell
 from ._startup import freeze_startup_objects
 from ._target import format_load_error, load_app, no_jobs_reason, parse_target
+from ._tree_report import TreeReporter, report_tree
 
 log = logging.getLogger("megatrio.cluster")
 
@@ -43,44 +43,6 @@ async def _watch_primary(parent_fd: int, app: App, *, task_status: trio.TaskStat
             app.rt.stop()
 
         nursery.start_soon(stop_on_eof)
-        await ctx.wait_stopping()
-        nursery.cancel_scope.cancel()
-
-
-TREE_EVERY_SECONDS = 1.0
-"""How often a worker reports its supervision tree to the primary."""
-
-
-async def _report_tree(
-    status: IO[bytes], ready_told: trio.Event, app: App, *, task_status: trio.TaskStatus[None]
-) -> None:
-    """Once ``ready`` has been told, send the primary this worker's tree every second, as
-    ``tree <json>`` lines on the status pipe (:class:`~._protocol.WorkerStatus`), until this
-    child is asked to stop. A primary that stops reading never holds this worker up: a line
-    not sent within a second is cut off, and the primary drops the torn line; a primary that
-    is gone ends the reports (its parent pipe's EOF stops this worker)."""
-    ctx = current_child()
-    assert ctx is not None
-    task_status.started()
-    async with trio.open_nursery() as nursery:
-
-        async def report() -> None:
-            await ready_told.wait()
-            # From here this task is the pipe's only writer; its stream makes it non-blocking.
-            fd = os.dup(status.fileno())
-            status.close()
-            async with trio.lowlevel.FdStream(fd) as pipe:
-                while True:
-                    http = app._http_metrics
-                    line = tree_line(app.rt.snapshot(), None if http is None else http.to_dict())
-                    with trio.move_on_after(TREE_EVERY_SECONDS):
-                        try:
-                            await pipe.send_all(line)
-                        except (trio.BrokenResourceError, trio.ClosedResourceError):
-                            return
-                    await trio.sleep(TREE_EVERY_SECONDS)
-
-        nursery.start_soon(report)
         await ctx.wait_stopping()
         nursery.cancel_scope.cancel()
 
@@ -136,7 +98,7 @@ def worker_process_main(
                 handle_signals=True,
                 extra_children=[
                     ChildSpec("primary-watch", _watch_primary, (parent_fd, app)),
-                    ChildSpec("tree-report", _report_tree, (status, ready_told, app)),
+                    ChildSpec("tree-report", report_tree, (reporter, ready_told)),
                 ],
                 jobs_only=jobs_only,
                 task_status=task_status,
@@ -144,6 +106,7 @@ def worker_process_main(
         )
 
     ready_told = trio.Event()
+    reporter = TreeReporter(status, app)
 
     async def main() -> None:
         async with trio.open_nursery() as nursery:

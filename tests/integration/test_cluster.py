@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -260,17 +261,35 @@ def test_the_cluster_is_one_tree_and_its_metrics_total_every_worker_across_a_res
             for w in primary.workers_info()
         }
 
-    def served_total() -> float:
+    def scrape() -> list[Any]:
         import urllib.request
 
         with urllib.request.urlopen(primary.admin + "/metrics", timeout=10) as response:
             text = response.read().decode()
+        return [s for family in text_string_to_metric_families(text) for s in family.samples]
+
+    def served_total() -> float:
         return sum(
             sample.value
-            for family in text_string_to_metric_families(text)
-            for sample in family.samples
+            for sample in scrape()
             if sample.name == "megatrio_http_requests_total" and sample.labels["route"] == "/"
         )
+
+    def cache_hits() -> float:
+        [hits] = [
+            s.value
+            for s in scrape()
+            if s.name == "megatrio_cache_requests_total"
+            and s.labels == {"alias": "default", "result": "hit"}
+        ]
+        return hits
+
+    def entries_by_worker() -> dict[str, float]:
+        return {
+            s.labels["worker"]: s.value
+            for s in scrape()
+            if s.name == "megatrio_cache_entries" and s.labels["alias"] == "default"
+        }
 
     # Each worker's own children, under that worker, in the primary's tree.
     trees = primary.wait_for(
@@ -280,14 +299,21 @@ def test_the_cluster_is_one_tree_and_its_metrics_total_every_worker_across_a_res
     assert all({"http", "worker"} <= set(children) for children in trees.values())
     with ThreadPoolExecutor(8) as pool:
         assert all(status == 200 for status, _ in pool.map(primary.get, ["/"] * 40))
+        assert all(status == 200 for status, _ in pool.map(primary.get, ["/cached"] * 20))
     primary.wait_for(lambda: served_total() == 40, 10, "40 requests in the cluster's /metrics")
+    # The services' counters are summed over the workers; gauges are each worker's own.
+    primary.wait_for(lambda: cache_hits() == 20, 10, "20 cache hits in the cluster's /metrics")
+    assert set(entries_by_worker()) <= {"1", "2"}
     # kill -9 a worker: what it served stays counted; its replacement adds to it.
     old = primary.ready_pids()
     os.kill(old[0], signal.SIGKILL)
     primary.wait_for(lambda: (p := primary.ready_pids()) and len(p) == 2 and old[0] not in p, 20)
     assert served_total() == 40
+    assert cache_hits() == 20
     with ThreadPoolExecutor(8) as pool:
         assert all(status == 200 for status, _ in pool.map(primary.get, ["/"] * 10))
+        assert all(status == 200 for status, _ in pool.map(primary.get, ["/cached"] * 10))
     primary.wait_for(lambda: served_total() == 50, 10, "50 requests after the restart")
+    primary.wait_for(lambda: cache_hits() == 30, 10, "30 cache hits after the restart")
     primary.signal(signal.SIGTERM)
     assert primary.finish() == 0

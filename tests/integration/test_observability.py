@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -185,6 +186,68 @@ async def test_metrics_cover_children_restarts_and_requests_by_route_template() 
     # Annotations are stats: the listener's connection counters, by name.
     stats = metrics["megatrio_child_stat"]
     assert (("path", "obs/http"), ("stat", "connection_errors")) in stats
+
+
+async def test_metrics_count_the_stores_and_a_supervisor_that_gave_up() -> None:
+    from megatrio import Restart, Supervisor
+    from megatrio._config import CacheConfig
+
+    app = App("stores")
+    runs = {"n": 0}
+    restarted = trio.Event()
+
+    async def crash_once(*, task_status: trio.TaskStatus[None]) -> None:
+        runs["n"] += 1
+        task_status.started()
+        if runs["n"] == 1:
+            await trio.sleep(0.05)  # up first: a crash during start would fail the app's start
+            raise RuntimeError("first run fails")
+        restarted.set()
+        await trio.sleep_forever()
+
+    # max_restarts=0: the first crash makes the pool give up; the app restarts the pool.
+    pool = Supervisor([megatrio.ChildSpec("flaky", crash_once)], max_restarts=0, name="pool")
+    app.add_child(pool.child_spec(restart=Restart.PERMANENT))
+
+    @app.get("/lookup/<key>")
+    async def lookup(key: str) -> dict[str, object]:
+        cache = app.cache("small")
+        found = await cache.get(key)
+        if found is None:
+            await cache.set(key, key * 10)
+        verdict = await app.rt.nonces.check("peer", key, time.time())
+        return {"found": found, "verdict": verdict.value}
+
+    config = attrs.evolve(CONFIG, cache={"small": CacheConfig(max_entries=2)}, nonce_max_entries=3)
+    with trio.fail_after(30):
+        async with serving(app, config) as served:
+            for key in ("a", "a", "b", "c", "d"):  # a: miss then hit; c and d evict a and b
+                await get(served.http[0], f"/lookup/{key}")
+            await restarted.wait()
+            status, _, body = await get(served.admin[0], "/metrics")
+            assert status == 200
+            metrics = metrics_of(body)
+    requests = metrics["megatrio_cache_requests_total"]
+    assert requests[(("alias", "small"), ("result", "hit"))] == 1
+    assert requests[(("alias", "small"), ("result", "miss"))] == 4
+    assert metrics["megatrio_cache_evictions_total"] == {
+        (("alias", "small"), ("reason", "capacity")): 2
+    }
+    assert metrics["megatrio_cache_entries"][(("alias", "small"),)] == 2
+    assert metrics["megatrio_cache_bytes"][(("alias", "small"),)] == 2 * len(b'"cccccccccc"')
+    # The default cache is there too, untouched.
+    assert requests[(("alias", "default"), ("result", "hit"))] == 0
+    checks = metrics["megatrio_nonce_checks_total"]
+    assert {labels[0][1]: n for labels, n in checks.items()} == {
+        "accepted": 3,  # a, b, c
+        "replay": 1,  # a again
+        "full": 1,  # d: the store is at its cap of 3
+        "stale": 0,
+    }
+    give_ups = metrics["megatrio_supervisor_give_ups_total"]
+    assert give_ups[(("path", "stores/pool"),)] == 1
+    assert give_ups[(("path", "stores"),)] == 0
+    assert metrics["megatrio_child_restarts_total"][(("path", "stores/pool"),)] == 1
 
 
 async def test_the_live_tree_page_shows_every_child_and_a_crash_and_restart_within_2s() -> None:

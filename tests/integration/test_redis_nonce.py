@@ -53,6 +53,9 @@ async def test_accepts_once_then_rejects_the_replay(redis: RedisServer) -> None:
         assert await store.check("bob", "n1", t) is NonceVerdict.ACCEPTED  # keyed by sender
         assert await store.check("alice", "n2", t) is NonceVerdict.ACCEPTED
         assert store.rejected == {"replay": 2}
+        assert store.accepted == 3
+        checks = {dict(s.labels)["verdict"]: s.value for s in store.samples()}
+        assert checks == {"accepted": 3, "replay": 2, "stale": 0, "full": 0}
         assert await nonce_keys(client) == {
             b"mega:nonce:api:alice:n1",
             b"mega:nonce:api:bob:n1",

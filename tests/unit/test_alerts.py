@@ -589,3 +589,33 @@ def serve_with(
         await serve_alerts(handler, sender, queue=queue, task_status=task_status, **kwargs)
 
     return run
+
+
+async def test_the_dispatchers_metrics_count_sends_throttle_drops_and_the_queue(
+    handler: AlertHandler, app_log: logging.Logger, tmp_path: Path
+) -> None:
+    sender = ScriptedSender(
+        script=collections.deque([SendResult(ok=True, status=200)] * 2 + [FAIL])
+    )
+    dispatcher = make_dispatcher(handler, sender, tmp_path, throttle=TokenBucket.per_period(4, 60))
+    dispatcher.queue = RetryQueue(tmp_path / "small", max_entries=2)
+
+    def values() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        return {s.key(): s.value for s in dispatcher.samples()}
+
+    assert values() == {("megatrio_alerts_sent", ()): 0.0}  # no depth before a first count
+    for i in range(6):
+        app_log.error("storm %d", i)
+    await dispatcher.dispatch()
+    # 4 pass the throttle, 2 are dropped; 2 sent, the third fails: it, the fourth and the
+    # drop summary go to the queue, which keeps only 2 of them at its next drain.
+    found = values()
+    assert found[("megatrio_alerts_sent", ())] == 2
+    assert found[("megatrio_alerts_dropped", (("reason", "throttled"),))] == 2
+    assert found[("megatrio_retry_queue_depth", (("queue", "alerts"),))] == 3
+    await trio.sleep(10)
+    await dispatcher.dispatch()
+    found = values()
+    assert found[("megatrio_retry_queue_drops", (("queue", "alerts"), ("reason", "too_many")))] == 1
+    assert found[("megatrio_alerts_sent", ())] == 2 + 2 + 1  # the queued two and a summary
+    assert found[("megatrio_retry_queue_depth", (("queue", "alerts"),))] == 0

@@ -13,7 +13,7 @@ from __future__ import annotations
 import collections
 import logging
 import math
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Final, final
 
 import anyio
@@ -22,6 +22,7 @@ import attrs
 
 from ..._policy._checks import check_seconds
 from ..._policy._throttle import TokenBucket
+from ..._samples import Sample, counter, gauge
 from ...nursery._timer import run_every
 from ..stores._retry_queue import DROP_REASONS, QueuedEntry, RetryQueue
 from ._alert import AlertSender
@@ -102,6 +103,36 @@ class AlertDispatcher:
         self._unreported: collections.Counter[str] = collections.Counter()
         self.drops: collections.Counter[str] = collections.Counter()
         """Every drop reported so far, by reason."""
+        self.sent = 0
+        """Alerts (and drop summaries) delivered so far, queued ones included."""
+        self.queue_depth: int | None = None
+        """Entries pending in the retry queue when this dispatcher last counted them: at its
+        first round and after every round that drained or queued (``None`` before)."""
+
+    def samples(self) -> Iterator[Sample]:
+        """The dispatcher's metrics (a source for ``Runtime.metric_sources``): sent, dropped by
+        reason (``throttled`` is the throttle's), and its retry queue's depth and drops."""
+        yield counter("megatrio_alerts_sent", "alerts delivered to the destination", self.sent)
+        for reason, count in sorted(self.drops.items()):
+            yield counter(
+                "megatrio_alerts_dropped", "alerts dropped, by reason", count, reason=reason
+            )
+        queue = "alerts"
+        if self.queue_depth is not None:
+            yield gauge(
+                "megatrio_retry_queue_depth",
+                "entries pending in the retry queue when last counted",
+                self.queue_depth,
+                queue=queue,
+            )
+        for reason, count in sorted(self.queue.drops.items()):
+            yield counter(
+                "megatrio_retry_queue_drops",
+                "retry-queue entries dropped, by reason",
+                count,
+                queue=queue,
+                reason=reason,
+            )
 
     @property
     def blocked_until(self) -> float:
@@ -161,11 +192,22 @@ class AlertDispatcher:
                 queued = len(outbox)
                 await self._enqueue(outbox)
                 outbox = []
+            if self.queue_depth is None or retried or queued or self.queue_depth:
+                await self._count_queue()
         finally:
             if outbox:
                 with anyio.move_on_after(5, shield=True):
                     await self._enqueue(outbox)
+        self.sent += sent
         return DispatchReport(sent=sent, queued=queued, retried=retried, dropped=reported)
+
+    async def _count_queue(self) -> None:
+        try:
+            self.queue_depth = await self.queue.count_pending()
+        except OSError as exc:
+            log.warning(
+                "alerts %s: retry queue count failed: %s: %s", self.name, type(exc).__name__, exc
+            )
 
     async def _drain(self) -> int:
         try:
@@ -223,6 +265,7 @@ class AlertDispatcher:
             log.warning("alerts %s: skipping a queued entry without text", self.name)
             return True  # nothing to send, ever: retrying would only cycle it until too_old
         if await self._send(text):
+            self.sent += 1
             return True
         self._round_failed = True
         return False
@@ -268,7 +311,17 @@ async def serve_alerts(
         retry_interval_seconds=retry_interval_seconds,
         name=name,
     )
+    await serve_dispatcher(dispatcher, task_status=task_status)
+
+
+async def serve_dispatcher(
+    dispatcher: AlertDispatcher,
+    *,
+    task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run *dispatcher* as a supervised child (see :meth:`AlertDispatcher.serve`), closing its
+    sender when this returns or is cancelled."""
     try:
         await dispatcher.serve(task_status=task_status)
     finally:
-        await sender.aclose()
+        await dispatcher.sender.aclose()

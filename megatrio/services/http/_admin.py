@@ -9,11 +9,12 @@ from __future__ import annotations
 import functools
 import importlib.resources
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import generate_latest
 
+from ..._samples import Sample
 from ..logs._redact import Redactor
 from ..logs._tree import format_tree
 from ._access import HttpMetrics
@@ -50,12 +51,13 @@ def admin_app(
     snapshot: Callable[[], dict[str, Any]],
     redactor: Redactor,
     http_metrics: HttpMetrics | Callable[[], HttpMetrics] | None = None,
+    samples: Callable[[], Iterable[Sample]] | None = None,
 ) -> ASGIApp:
     """ASGI app for ``GET /_megatrio/tree`` (JSON; ``?format=text`` for a tree), the live tree
     page ``/_megatrio/`` (it polls the tree twice a second; no build step, no CDN),
     ``/metrics`` (Prometheus text, :mod:`._metrics`; with *http_metrics*, the public
-    listener's requests too) and ``/healthz``."""
-    registry = registry_for(snapshot, http_metrics)
+    listener's requests too; with *samples*, the services' counters) and ``/healthz``."""
+    registry = registry_for(snapshot, http_metrics, samples)
 
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

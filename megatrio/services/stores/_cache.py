@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator
-from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, final
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterator
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeVar, final, runtime_checkable
 
 import anyio
 import anyio.abc
@@ -22,6 +22,7 @@ import anyio.lowlevel
 from ..._exceptions import SupervisorNotRunning
 from ..._policy._checks import check_count, check_seconds
 from ..._policy._ttl_lru import TTLLRU
+from ..._samples import Sample, counter, gauge
 from ...nursery._spec import ChildSpec
 from ...nursery._timer import run_every
 
@@ -58,6 +59,22 @@ class CacheDriver(Protocol):
         ...
 
 
+@runtime_checkable
+class CountingDriver(Protocol):
+    """A driver that knows what it holds and drops (memory, file); Redis' evictions and
+    size are the server's own (``INFO stats``, ``INFO memory``), not per alias."""
+
+    @property
+    def drops(self) -> dict[str, int]:
+        """Entries removed so far, by reason (``expired``, ``capacity``, ...)."""
+        ...
+
+    @property
+    def total_bytes(self) -> int: ...
+
+    def __len__(self) -> int: ...
+
+
 def cache_key(namespace: str, key: str) -> str:
     """``mega:cache:<namespace>:<key>``. Raises TypeError/ValueError for a bad *key*."""
     if not isinstance(key, str):
@@ -92,6 +109,36 @@ class Cache:
         self.alias = alias
         # Bounded by the number of distinct keys being computed at this moment.
         self._flights: dict[str, _Flight] = {}
+        self.hits = 0
+        """Lookups (:meth:`get`, and :meth:`get_or_set` before it computes) that found a value."""
+        self.misses = 0
+        """Lookups that found none (missing or expired)."""
+
+    def samples(self) -> Iterator[Sample]:
+        """This cache's metrics (a source for ``Runtime.metric_sources``): lookups by result,
+        and for a driver that counts them, drops by reason, entries and bytes."""
+        alias = self.alias
+        help_requests = "cache lookups, by result"
+        yield counter(
+            "megatrio_cache_requests", help_requests, self.hits, alias=alias, result="hit"
+        )
+        yield counter(
+            "megatrio_cache_requests", help_requests, self.misses, alias=alias, result="miss"
+        )
+        driver = self.driver
+        if isinstance(driver, CountingDriver):
+            for reason, count in sorted(driver.drops.items()):
+                yield counter(
+                    "megatrio_cache_evictions",
+                    "cache entries dropped by the cache itself, by reason",
+                    count,
+                    alias=alias,
+                    reason=reason,
+                )
+            yield gauge("megatrio_cache_entries", "entries in the cache", len(driver), alias=alias)
+            yield gauge(
+                "megatrio_cache_bytes", "value bytes in the cache", driver.total_bytes, alias=alias
+            )
 
     def full_key(self, key: str) -> str:
         return cache_key(self.namespace, key)
@@ -100,7 +147,9 @@ class Cache:
         """The value under *key*, or *default* when missing or expired."""
         raw = await self.driver.get(self.full_key(key))
         if raw is None:
+            self.misses += 1
             return default
+        self.hits += 1
         return json.loads(raw)
 
     async def set(self, key: str, value: Any, *, ttl_seconds: float | None = None) -> None:
@@ -199,6 +248,11 @@ class MemoryCache:
     def __len__(self) -> int:
         return len(self._store)
 
+    @property
+    def total_bytes(self) -> int:
+        """Sum of the stored values' sizes."""
+        return self._store.total_bytes
+
     async def get(self, key: str) -> bytes | None:
         await anyio.lowlevel.checkpoint()
         return self._store.get(key, anyio.current_time())
@@ -278,6 +332,9 @@ async def _opened_cache(rt: Runtime, alias: str, driver: CacheDriver) -> AsyncIt
     # Registered before the start (a checkpoint), so that a concurrent open of the same alias
     # fails instead of starting a second child of the same name.
     rt.caches.add(alias, cache)
+    # One bound method, so that the discard below finds the very object it added.
+    source, samples = f"cache:{alias}", cache.samples
+    rt.metric_sources.add(source, samples)
     try:
         spec = ChildSpec(
             f"cache-{alias}", driver.serve_cleaner, shutdown_seconds=_CLEANER_SHUTDOWN_SECONDS
@@ -295,4 +352,5 @@ async def _opened_cache(rt: Runtime, alias: str, driver: CacheDriver) -> AsyncIt
             ):
                 await rt.stop_child(spec.name)
     finally:
+        rt.metric_sources.discard(source, samples)
         rt.caches.discard(alias, cache)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import final
 from urllib.parse import quote
 
@@ -13,7 +13,8 @@ import anyio.lowlevel
 
 from ..._policy._checks import check_seconds
 from ..._policy._nonces import NonceVerdict
-from ._nonce import NONCE_PREFIX
+from ..._samples import Sample
+from ._nonce import NONCE_PREFIX, nonce_samples
 from ._redis import (
     NonceStoreUnavailable,
     RedisClient,
@@ -71,11 +72,17 @@ class RedisNonceStore:
         self._clock = clock
         self._prefix = f"{NONCE_PREFIX}:{namespace}:"
         self._rejected: collections.Counter[str] = collections.Counter()
+        self.accepted = 0
+        """Messages accepted so far in this process."""
 
     @property
     def rejected(self) -> dict[str, int]:
         """Rejections so far in this process, by reason (``replay``, ``stale``)."""
         return dict(self._rejected)
+
+    def samples(self) -> Iterator[Sample]:
+        """Checks in this process by verdict (a source for ``Runtime.metric_sources``)."""
+        return nonce_samples(self.accepted, self._rejected)
 
     def key(self, sender: str, nonce: str) -> str:
         """The Redis key remembering (*sender*, *nonce*). Not a checkpoint."""
@@ -104,7 +111,10 @@ class RedisNonceStore:
             await raise_unavailable(
                 NonceStoreUnavailable, f"nonce check of {key!r} failed (rejecting)", exc
             )
-        return NonceVerdict.ACCEPTED if stored else self._reject(NonceVerdict.REPLAY)
+        if not stored:
+            return self._reject(NonceVerdict.REPLAY)
+        self.accepted += 1
+        return NonceVerdict.ACCEPTED
 
     def _reject(self, verdict: NonceVerdict) -> NonceVerdict:
         self._rejected[verdict.value] += 1
