@@ -14,6 +14,7 @@ import attrs
 from .._config import Config
 from .._exceptions import ConfigError
 from .._runtime import Runtime
+from .._samples import SampleSource
 from ..services.jobs._driver import JobDriver
 from ..services.jobs._embedded import EmbeddedDriver
 from ..services.jobs._jobs import Jobs, JobSpec
@@ -149,7 +150,9 @@ async def open_jobs(rt: Runtime, app: App, config: Config) -> Jobs | None:
             ChildSpec("jobs-advisories", _serve_advisories, (engine.connection, engine.jetstream))
         )
     rt.install_jobs(jobs)
-    rt.push_async_callback(_uninstall, rt, jobs)
+    samples = jobs.samples
+    rt.metric_sources.add("jobs", samples)
+    rt.push_async_callback(_uninstall, rt, jobs, samples)
     return jobs
 
 
@@ -172,5 +175,6 @@ async def _serve_advisories(
         task_status.started()
 
 
-async def _uninstall(rt: Runtime, jobs: Jobs) -> None:
+async def _uninstall(rt: Runtime, jobs: Jobs, samples: SampleSource) -> None:
+    rt.metric_sources.discard("jobs", samples)
     rt.uninstall_jobs(jobs)

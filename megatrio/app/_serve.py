@@ -15,7 +15,7 @@ import trio
 
 from .._config import Config
 from .._runtime import Runtime, mega_runtime
-from .._samples import Sample, gather
+from .._samples import Sample, SampleSource, gather
 from ..nursery._child import ChildContext, current_child
 from ..services.http._access import HttpMetrics, observed
 from ..services.http._addresses import is_loopback, parse_address
@@ -172,7 +172,9 @@ async def serve_app(
                         ChildSpec("ws", hub.run, shutdown_seconds=config.grace_seconds)
                     )
                     app._hub = hub
-                    rt.push_async_callback(_forget_hub, app)
+                    samples = hub.samples
+                    rt.metric_sources.add("ws", samples)
+                    rt.push_async_callback(_forget_hub, app, rt, samples)
                     options = attrs.evolve(options, upgrade=upgrade_router(hub))
                 front = health_front(
                     observed(app.asgi(), http_metrics, access_log=config.access_log), readiness
@@ -333,7 +335,8 @@ def _bus_of(rt: Runtime) -> Bus | None:
         return None
 
 
-async def _forget_hub(app: App) -> None:
+async def _forget_hub(app: App, rt: Runtime, samples: SampleSource) -> None:
+    rt.metric_sources.discard("ws", samples)
     app._hub = None
 
 

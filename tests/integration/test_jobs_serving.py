@@ -6,6 +6,7 @@ import json
 import signal
 
 from .cli_support import Server
+from .scrape import metrics_of
 
 
 def test_a_served_app_handles_enqueued_jobs_under_a_jobs_supervisor() -> None:
@@ -25,6 +26,13 @@ def test_a_served_app_handles_enqueued_jobs_under_a_jobs_supervisor() -> None:
         assert consumer["restarts"] == 0
         info = consumer["info"]
         assert (info["acked"], info["retried"], info["in_flight"]) == (2, 1, 0)
+        metrics = metrics_of(server.get("/metrics", base=server.admin)[1].encode())
+        handled = metrics["megatrio_jobs_handled_total"]
+        assert handled[(("job", "greet"), ("outcome", "acked"))] == 2
+        assert handled[(("job", "greet"), ("outcome", "retried"))] == 1
+        assert handled[(("job", "slow"), ("outcome", "acked"))] == 0
+        assert metrics["megatrio_jobs_enqueued_total"][(("job", "greet"),)] == 2
+        assert metrics["megatrio_jobs_in_flight"][(("job", "greet"),)] == 0
         server.signal(signal.SIGTERM)
         assert server.finish() == 0
     finally:

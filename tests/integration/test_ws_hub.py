@@ -24,6 +24,7 @@ from megatrio.services.ws._roster import Roster
 
 from ..servers import NatsServer, RedisServer
 from .cli_support import Server
+from .scrape import get, metrics_of
 
 pytestmark = pytest.mark.anyio
 
@@ -274,7 +275,7 @@ async def test_websocket_and_http_share_the_port_and_channels_fan_out() -> None:
 async def test_on_connect_rejects_with_its_status_and_reads_cookies() -> None:
     app = chat_app()
     with trio.fail_after(30):
-        async with serving(app) as (_, url):
+        async with serving(app) as (served, url):
             # A raw client: trio-websocket's own leaks its socket on a rejection.
             answer = await handshake_answer(url, "/chat/a?token=bad")
             assert answer.startswith(b"HTTP/1.1 403 ")
@@ -284,7 +285,13 @@ async def test_on_connect_rejects_with_its_status_and_reads_cookies() -> None:
             ) as ws:
                 await ws.send_message(json.dumps("whoami"))
                 assert (await receive_json(ws))["state"] == {"muted": True}
+                metrics = metrics_of((await get(served.admin[0], "/metrics"))[2])
+                assert metrics["megatrio_ws_connections"][()] == 1
+                assert metrics["megatrio_ws_channels"][()] == 1
             assert hub_info(app)["rejected"] == {"403": 1}
+            metrics = metrics_of((await get(served.admin[0], "/metrics"))[2])
+    assert metrics["megatrio_ws_rejected_total"] == {(("status", "403"),): 1}
+    assert metrics["megatrio_ws_accepted_total"][()] == 1
 
 
 async def test_a_client_that_never_reads_is_closed_1013_and_the_others_get_everything() -> None:

@@ -46,6 +46,7 @@ from ...supervisor import ChildSpec
 from ..logs._redact import Redactor
 from ._driver import Delivery, JobDriver, Settle
 from ._envelope import build_dead_letter, format_failure
+from ._stats import JobStats
 
 if TYPE_CHECKING:
     # Only for annotations: _jobs imports this module to build the consumers' specs.
@@ -68,10 +69,17 @@ def consumer_spec(
     redactor: Redactor | None = None,
     shutdown_seconds: float = 30.0,
     fetch_timeout_seconds: float = FETCH_TIMEOUT_SECONDS,
+    stats: JobStats | None = None,
 ) -> ChildSpec:
-    """The :class:`ChildSpec` of job *spec*'s consumer on *driver*, named after the job."""
+    """The :class:`ChildSpec` of job *spec*'s consumer on *driver*, named after the job; every
+    run of it counts into *stats*."""
     target = functools.partial(
-        run_consumer, spec, driver, redactor=redactor, fetch_timeout_seconds=fetch_timeout_seconds
+        run_consumer,
+        spec,
+        driver,
+        redactor=redactor,
+        fetch_timeout_seconds=fetch_timeout_seconds,
+        stats=stats,
     )
     return ChildSpec(spec.name, target, shutdown_seconds=shutdown_seconds)
 
@@ -82,6 +90,7 @@ async def run_consumer(
     *,
     redactor: Redactor | None = None,
     fetch_timeout_seconds: float = FETCH_TIMEOUT_SECONDS,
+    stats: JobStats | None = None,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     """Consume job *spec* from *driver* until stopped (or cancelled); see the module docs.
@@ -94,13 +103,20 @@ async def run_consumer(
         Exception: what the driver's ``fetch`` or ``settle`` raised.
         megatrio._policy._jobs.SlotOverflow: the driver returned more than was asked.
     """
-    consumer = _Consumer(spec, driver, redactor or Redactor(), fetch_timeout_seconds)
+    consumer = _Consumer(
+        spec, driver, redactor or Redactor(), fetch_timeout_seconds, stats or JobStats()
+    )
     await consumer.run(task_status)
 
 
 class _Consumer:
     def __init__(
-        self, spec: JobSpec, driver: JobDriver, redactor: Redactor, fetch_timeout: float
+        self,
+        spec: JobSpec,
+        driver: JobDriver,
+        redactor: Redactor,
+        fetch_timeout: float,
+        stats: JobStats,
     ) -> None:
         self.spec = spec
         self.driver = driver
@@ -133,7 +149,9 @@ class _Consumer:
         self.free_awake = 0
         """Workers not in a handler and not parked: each takes from `queued` before parking."""
         self.parked: collections.deque[anyio.Event] = collections.deque()
-        self.counts = {"acked": 0, "retried": 0, "termed": 0, "dead_lettered": 0, "released": 0}
+        self.stats = stats
+        # Shared with the job's stats: they outlive this run of the consumer.
+        self.counts = stats.counts
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -153,6 +171,7 @@ class _Consumer:
                 service.cancel_scope.cancel()
         finally:
             await self._cleanup()
+            self.stats.in_flight = 0
 
     async def _fetch_loop(self, handlers: anyio.abc.TaskGroup) -> None:
         job = self.spec.name
@@ -389,6 +408,7 @@ class _Consumer:
     # -- reporting ------------------------------------------------------------------------------
 
     def _annotate(self) -> None:
+        self.stats.in_flight = self.slots.in_use
         if self.ctx is not None:
             self.ctx.annotate(in_flight=self.slots.in_use, **self.counts)
 

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any, final
 
 import attrs
 
+from ..._samples import Sample
 from ...supervisor import ChildSpec, Strategy, Supervisor
 from ..logs._redact import Redactor
 from ._codec import JSON, Codec, encode_payload
 from ._driver import DeadLetter, JobDriver, JobSettings
+from ._stats import JobStats, job_samples
 
 Handler = Callable[[Any], Awaitable[object]]
 """``async def handler(payload)``: the decoded payload in, anything out (ignored)."""
@@ -84,6 +86,12 @@ class Jobs:
             if spec.name in self._specs:
                 raise ValueError(f"job {spec.name!r} is declared twice")
             self._specs[spec.name] = spec
+        self._stats = {name: JobStats() for name in self._specs}
+
+    def samples(self) -> Iterator[Sample]:
+        """Per job: deliveries handled by outcome, enqueued, in flight (a source for
+        ``Runtime.metric_sources``; ``megatrio run`` registers it as ``jobs``)."""
+        return job_samples(sorted(self._stats.items()))
 
     @property
     def names(self) -> list[str]:
@@ -120,7 +128,9 @@ class Jobs:
         """
         spec = self.spec(name)
         data = encode_payload(spec.codec, name, payload)
-        return await self.driver.enqueue(name, data, msg_id=msg_id)
+        sequence = await self.driver.enqueue(name, data, msg_id=msg_id)
+        self._stats[name].enqueued += 1
+        return sequence
 
     async def dead_letters(self, *, limit: int = 100) -> list[tuple[int, DeadLetter]]:
         """The oldest *limit* dead letters, with the ids :meth:`purge_dead_letters` takes."""
@@ -141,7 +151,11 @@ class Jobs:
 
         children = [
             consumer_spec(
-                spec, self.driver, redactor=self.redactor, shutdown_seconds=shutdown_seconds
+                spec,
+                self.driver,
+                redactor=self.redactor,
+                shutdown_seconds=shutdown_seconds,
+                stats=self._stats[spec.name],
             )
             for spec in self._specs.values()
         ]

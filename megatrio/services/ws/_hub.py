@@ -39,7 +39,7 @@ import itertools
 import logging
 import os
 import socket
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import anyio.abc
@@ -47,6 +47,7 @@ import trio
 import trio_websocket
 
 from ..._policy._throttle import TokenBucket
+from ..._samples import Sample
 from ...nursery._child import ChildContext, current_child
 from ...nursery._errors import containing, describe, log_exception
 from ..logs._redact import Redactor
@@ -54,6 +55,7 @@ from ._connection import GOING_AWAY, Connection, encode
 from ._endpoint import WebSocketEndpoint
 from ._frames import encode_frame
 from ._roster import Roster
+from ._stats import hub_samples
 
 if TYPE_CHECKING:
     from ..nats._bus import Bus
@@ -183,6 +185,11 @@ class Hub:
         if self.roster is None:
             return {channel: sorted(self.members(channel)) for channel in channels}
         return await self.roster.lookup(channels)
+
+    def samples(self) -> Iterator[Sample]:
+        """The hub's metrics (a source for ``Runtime.metric_sources``; ``megatrio run``
+        registers it as ``ws``): see :func:`._stats.hub_samples`."""
+        return hub_samples(self)
 
     def channels(self) -> dict[str, int]:
         """Every channel with members here, and how many."""
