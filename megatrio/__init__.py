@@ -21,6 +21,9 @@ from ._policy._nonces import NonceVerdict as NonceVerdict
 from ._policy._throttle import TokenBucket as TokenBucket
 from ._runtime import Runtime as Runtime
 from ._runtime import mega_runtime as mega_runtime
+from ._samples import Sample as Sample
+from ._samples import counter_sample as counter_sample
+from ._samples import gauge_sample as gauge_sample
 from ._util import fixup_module_metadata as _fixup_module_metadata
 from .app._app import App as App
 from .app._serve import Serving as Serving
@@ -169,6 +172,7 @@ __all__ = (
     "RestartWindow",
     "RetryQueue",
     "Runtime",
+    "Sample",
     "SendResult",
     "Serving",
     "Settle",
@@ -183,9 +187,11 @@ __all__ = (
     "WebSocketSettings",
     "WebhookSender",
     "configure_logging",
+    "counter_sample",
     "current_child",
     "every",
     "format_tree",
+    "gauge_sample",
     "load_config",
     "mega_runtime",
     "open_cache",

@@ -45,11 +45,13 @@ SampleSource = Callable[[], Iterable[Sample]]
 runtime's event loop, it must not block or await."""
 
 
-def counter(name: str, help: str, value: float, **labels: str) -> Sample:
+def counter_sample(name: str, help: str, value: float, **labels: str) -> Sample:
+    """A counter's value now: ``counter_sample("myapp_widgets", "widgets made", 3, kind="a")``."""
     return Sample(name, COUNTER, help, tuple(sorted(labels.items())), float(value))
 
 
-def gauge(name: str, help: str, value: float, **labels: str) -> Sample:
+def gauge_sample(name: str, help: str, value: float, **labels: str) -> Sample:
+    """A gauge's value now (it may go either way)."""
     return Sample(name, GAUGE, help, tuple(sorted(labels.items())), float(value))
 
 

@@ -12,7 +12,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from megatrio import App, mega_runtime
-from megatrio._samples import Sample, counter, from_data, gather, gauge, to_data
+from megatrio._samples import Sample, counter_sample, from_data, gather, gauge_sample, to_data
 from megatrio.cli._protocol import WorkerStatus
 from megatrio.cli._tree_report import TreeReporter
 from megatrio.services.http._metrics import ClusterSamples, registry_for, sample_families
@@ -34,12 +34,12 @@ ROOT = {"name": "app", "path": "app", "children": [], "give_ups": 0}
 
 def test_samples_become_families_by_name_and_a_series_reported_twice_is_summed() -> None:
     samples = [
-        counter("megatrio_cache_requests", "lookups", 3, alias="a", result="hit"),
-        counter("megatrio_cache_requests", "lookups", 2, alias="a", result="hit"),
-        counter("megatrio_cache_requests", "lookups", 1, alias="a", result="miss"),
-        gauge("megatrio_cache_bytes", "bytes", 10, alias="a"),
+        counter_sample("megatrio_cache_requests", "lookups", 3, alias="a", result="hit"),
+        counter_sample("megatrio_cache_requests", "lookups", 2, alias="a", result="hit"),
+        counter_sample("megatrio_cache_requests", "lookups", 1, alias="a", result="miss"),
+        gauge_sample("megatrio_cache_bytes", "bytes", 10, alias="a"),
         # Disagrees with the first sample of its name about the kind: left out.
-        gauge("megatrio_cache_requests", "lookups", 99, alias="b", result="hit"),
+        gauge_sample("megatrio_cache_requests", "lookups", 99, alias="b", result="hit"),
     ]
     found = exported(ROOT, samples)
     requests = found["megatrio_cache_requests_total"]
@@ -65,15 +65,15 @@ def test_a_source_that_raises_is_left_out_and_logged(caplog: pytest.LogCaptureFi
         raise ZeroDivisionError
 
     def fine() -> list[Sample]:
-        return [counter("megatrio_x", "x", 1)]
+        return [counter_sample("megatrio_x", "x", 1)]
 
     with caplog.at_level(logging.ERROR, logger="megatrio.metrics"):
-        assert gather([broken, fine]) == [counter("megatrio_x", "x", 1)]
+        assert gather([broken, fine]) == [counter_sample("megatrio_x", "x", 1)]
     assert "left out" in caplog.text
 
 
 def test_samples_survive_the_pipe_and_malformed_rows_are_skipped() -> None:
-    samples = [counter("megatrio_a", "a", 1, k="v"), gauge("megatrio_b", "b", 2.5)]
+    samples = [counter_sample("megatrio_a", "a", 1, k="v"), gauge_sample("megatrio_b", "b", 2.5)]
     assert list(from_data(to_data(samples))) == samples
     rows = [*to_data(samples), ["x"], ["megatrio_c", "histogram", "", [], 1], "junk"]
     assert list(from_data(rows)) == samples
@@ -85,8 +85,8 @@ def test_cluster_counters_outlive_a_worker_and_gauges_are_per_live_worker() -> N
 
     def worker(hits: float, entries: float) -> list[Sample]:
         return [
-            counter("megatrio_cache_requests", "h", hits, alias="default", result="hit"),
-            gauge("megatrio_cache_entries", "e", entries, alias="default"),
+            counter_sample("megatrio_cache_requests", "h", hits, alias="default", result="hit"),
+            gauge_sample("megatrio_cache_entries", "e", entries, alias="default"),
         ]
 
     cluster.update(1, worker(10, 3))
@@ -128,7 +128,7 @@ async def test_a_report_cut_off_by_a_full_pipe_costs_only_itself(anyio_backend: 
         app._attach(rt)
         # Lines longer than PIPE_BUF (4 KiB): only those can be torn (shorter writes to a
         # pipe are atomic).
-        many = [counter("megatrio_x", "x", 7, n=str(n)) for n in range(200)]
+        many = [counter_sample("megatrio_x", "x", 7, n=str(n)) for n in range(200)]
         rt.metric_sources.add("x", lambda: many)
         reporter = TreeReporter(os.fdopen(write_fd, "wb", buffering=0), app)
         status = WorkerStatus()

@@ -22,7 +22,7 @@ import attrs
 
 from ..._policy._checks import check_seconds
 from ..._policy._throttle import TokenBucket
-from ..._samples import Sample, counter, gauge
+from ..._samples import Sample, counter_sample, gauge_sample
 from ...nursery._timer import run_every
 from ..stores._retry_queue import DROP_REASONS, QueuedEntry, RetryQueue
 from ._alert import AlertSender
@@ -112,21 +112,23 @@ class AlertDispatcher:
     def samples(self) -> Iterator[Sample]:
         """The dispatcher's metrics (a source for ``Runtime.metric_sources``): sent, dropped by
         reason (``throttled`` is the throttle's), and its retry queue's depth and drops."""
-        yield counter("megatrio_alerts_sent", "alerts delivered to the destination", self.sent)
+        yield counter_sample(
+            "megatrio_alerts_sent", "alerts delivered to the destination", self.sent
+        )
         for reason, count in sorted(self.drops.items()):
-            yield counter(
+            yield counter_sample(
                 "megatrio_alerts_dropped", "alerts dropped, by reason", count, reason=reason
             )
         queue = "alerts"
         if self.queue_depth is not None:
-            yield gauge(
+            yield gauge_sample(
                 "megatrio_retry_queue_depth",
                 "entries pending in the retry queue when last counted",
                 self.queue_depth,
                 queue=queue,
             )
         for reason, count in sorted(self.queue.drops.items()):
-            yield counter(
+            yield counter_sample(
                 "megatrio_retry_queue_drops",
                 "retry-queue entries dropped, by reason",
                 count,

@@ -22,7 +22,7 @@ import anyio.lowlevel
 from ..._exceptions import SupervisorNotRunning
 from ..._policy._checks import check_count, check_seconds
 from ..._policy._ttl_lru import TTLLRU
-from ..._samples import Sample, counter, gauge
+from ..._samples import Sample, counter_sample, gauge_sample
 from ...nursery._spec import ChildSpec
 from ...nursery._timer import run_every
 
@@ -119,24 +119,26 @@ class Cache:
         and for a driver that counts them, drops by reason, entries and bytes."""
         alias = self.alias
         help_requests = "cache lookups, by result"
-        yield counter(
+        yield counter_sample(
             "megatrio_cache_requests", help_requests, self.hits, alias=alias, result="hit"
         )
-        yield counter(
+        yield counter_sample(
             "megatrio_cache_requests", help_requests, self.misses, alias=alias, result="miss"
         )
         driver = self.driver
         if isinstance(driver, CountingDriver):
             for reason, count in sorted(driver.drops.items()):
-                yield counter(
+                yield counter_sample(
                     "megatrio_cache_evictions",
                     "cache entries dropped by the cache itself, by reason",
                     count,
                     alias=alias,
                     reason=reason,
                 )
-            yield gauge("megatrio_cache_entries", "entries in the cache", len(driver), alias=alias)
-            yield gauge(
+            yield gauge_sample(
+                "megatrio_cache_entries", "entries in the cache", len(driver), alias=alias
+            )
+            yield gauge_sample(
                 "megatrio_cache_bytes", "value bytes in the cache", driver.total_bytes, alias=alias
             )
 

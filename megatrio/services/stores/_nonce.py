@@ -16,7 +16,7 @@ import anyio.lowlevel
 
 from ..._policy._nonces import NonceStore as NonceStore
 from ..._policy._nonces import NonceVerdict, NonceWindow
-from ..._samples import Sample, counter
+from ..._samples import Sample, counter_sample
 
 if TYPE_CHECKING:
     from ..._runtime import Runtime
@@ -30,10 +30,10 @@ _CHECKS_HELP = "nonce checks, by verdict (full: rejected at the store's cap)"
 
 def nonce_samples(accepted: int, rejected: Mapping[str, int]) -> Iterator[Sample]:
     """A nonce store's metrics: every verdict, zero included, so each series exists at once."""
-    yield counter("megatrio_nonce_checks", _CHECKS_HELP, accepted, verdict="accepted")
+    yield counter_sample("megatrio_nonce_checks", _CHECKS_HELP, accepted, verdict="accepted")
     for verdict in (NonceVerdict.REPLAY, NonceVerdict.STALE, NonceVerdict.FULL):
         count = rejected.get(verdict.value, 0)
-        yield counter("megatrio_nonce_checks", _CHECKS_HELP, count, verdict=verdict.value)
+        yield counter_sample("megatrio_nonce_checks", _CHECKS_HELP, count, verdict=verdict.value)
 
 
 @final
