@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from megatrio import Redactor
 from megatrio.services.logs._redact import MASK
@@ -68,3 +70,49 @@ def test_user_keys_and_cycles() -> None:
 )
 def test_scrubbing_free_text(text: str, expected: str) -> None:
     assert Redactor().scrub(text) == expected
+
+
+_FRAGMENTS = [
+    "Bearer abcdefgh12345",
+    "bEaReR\tabcdefgh12345",
+    "Basic dXNlcjpwYXNz",
+    "eyJhbGciOi.eyJzdWIiOi.sig",
+    "eyJ0eXAiOi.eyJzdWIiOi.sig",
+    "postgres://user:hunter2@db/x",
+    "password=hunter2",
+    '"api_key": "k-123"',
+    "Cookie: a=1; b=2",
+    "T11:06:16Z",
+    "127.0.0.1:5555",
+    "GET /items/7 200",
+    " ",
+    "\n",
+    ":",
+    "=",
+]
+
+
+def _scrub_unfiltered(redactor: Redactor, text: str) -> str:
+    """Every pattern on every string: what scrub's substring tests must never change."""
+    from megatrio.services.logs import _redact as r
+
+    text = r._BEARER.sub(rf"\1\2{MASK}", text)
+    text = r._BASIC.sub(r._mask_basic, text)
+    text = r._JWT.sub(MASK, text)
+    text = r._URL_PASSWORD.sub(rf"\1{MASK}@", text)
+    return redactor._mask_pairs(text)
+
+
+@given(
+    st.lists(st.one_of(st.sampled_from(_FRAGMENTS), st.text(max_size=12)), max_size=8).map("".join)
+)
+def test_scrub_skips_a_pattern_only_where_it_cannot_match(text: str) -> None:
+    redactor = Redactor()
+    assert redactor.scrub(text) == _scrub_unfiltered(redactor, text)
+
+
+@pytest.mark.parametrize("fragment", _FRAGMENTS)
+def test_scrub_finds_each_pattern_alone_whatever_the_case(fragment: str) -> None:
+    redactor = Redactor()
+    for text in (fragment, f"x {fragment} y", fragment.upper(), fragment.lower()):
+        assert redactor.scrub(text) == _scrub_unfiltered(redactor, text)
