@@ -95,7 +95,12 @@ async def test_error_logs_reach_the_webhook_redacted_and_throttled(tmp_path: Pat
                 log.error("payment %d failed: api_key=sk-live-123 for user 7", i)
             with trio.fail_after(10):
                 await api.wait_for_requests(3)  # 2 within the throttle + 1 drop summary
+            # The dispatcher's counters are a metric source of the runtime, for /metrics.
+            source = app.rt.metric_sources.get("alerts")
             app.rt.stop()
+    counted = {s.key(): s.value for s in source()}
+    assert counted[("megatrio_alerts_sent", ())] == 3
+    assert counted[("megatrio_alerts_dropped", (("reason", "throttled"),))] == 3
     bodies = [json.dumps(r.json()) for r in api.requests]
     assert all(r.target == "/hooks/alerts" for r in api.requests)
     assert "payment 0 failed" in bodies[0]

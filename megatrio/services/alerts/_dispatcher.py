@@ -186,6 +186,7 @@ class AlertDispatcher:
                     break
                 if await self._send(text):
                     sent += 1
+                    self.sent += 1
                 else:
                     self._round_failed = True
                     break
@@ -200,7 +201,6 @@ class AlertDispatcher:
             if outbox:
                 with anyio.move_on_after(5, shield=True):
                     await self._enqueue(outbox)
-        self.sent += sent
         return DispatchReport(sent=sent, queued=queued, retried=retried, dropped=reported)
 
     async def _count_queue(self) -> None:
