@@ -64,6 +64,7 @@ from ..services.http._metrics import ClusterSamples
 from ..services.http._sockets import bind_listeners, closing_all
 from ..services.logs._redact import Redactor
 from ..supervisor import ChildSpec, Strategy, Supervisor
+from ._carry import CarriedRestarts
 from ._exit import EXIT_FATAL, EXIT_FORCED, EXIT_OK, EXIT_USAGE
 from ._protocol import CONFIG_ENV, WorkerStatus
 
@@ -183,6 +184,10 @@ class Cluster:
         """The last counts of every worker that has exited: totals never go back."""
         self.samples = ClusterSamples()
         """The workers' metric samples (counters of exited workers kept)."""
+        self._trees_live: dict[int, dict[str, Any]] = {}
+        """Each running worker's latest tree."""
+        self._carried = {index: CarriedRestarts() for index in range(1, config.workers + 1)}
+        """Per worker slot, the restarts its exited processes counted."""
 
     def http_metrics(self) -> HttpMetrics:
         """The request counts of the whole cluster: exited workers' plus running ones'."""
@@ -344,6 +349,7 @@ class Cluster:
             if retired is not None:
                 self._http_retired.add(retired)
             self.samples.retire(index)
+            self._carried[index].retire(self._trees_live.pop(index, None))
             # The process first: nothing below may keep a worker alive after its child ends.
             if proc is not None:
                 if self._procs.get(index) is proc:
@@ -380,9 +386,14 @@ class Cluster:
                     log.info("worker %d (pid %d) ready", index, proc.pid)
                     # Its tree from now on: shown under this child, as a nested
                     # supervisor's is (the cluster in one tree).
-                    ctx.show_subtree(lambda: status.tree or {"name": "worker", "children": []})
+                    carried = self._carried[index]
+                    ctx.show_subtree(
+                        lambda: carried.apply(status.tree or {"name": "worker", "children": []})
+                    )
                     while chunk := await pipe.receive_some():
                         status.feed(chunk)
+                        if status.tree is not None:
+                            self._trees_live[index] = status.tree
                         if status.http is not None:
                             self._http_live[index] = status.http
                         if status.samples is not None:
