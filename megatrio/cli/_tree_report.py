@@ -68,9 +68,11 @@ class TreeReporter:
 
     async def final(self) -> None:
         """The last report, if reports had begun, then the pipe is closed."""
-        if self._pipe is not None:
-            await self.send()
-        await self.aclose()
+        try:
+            if self._pipe is not None:
+                await self.send()
+        finally:
+            await self.aclose()
 
     async def aclose(self) -> None:
         self._closed = True

@@ -165,3 +165,24 @@ async def test_a_report_cut_off_by_a_full_pipe_costs_only_itself(anyio_backend: 
         assert not await reporter.send()
         os.close(read_fd)
         app._attach(None)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_a_cancelled_last_report_still_closes_the_pipe(anyio_backend: str) -> None:
+    read_fd, write_fd = os.pipe()
+    app = App("reported")
+    async with mega_runtime(name="reported") as rt:
+        app._attach(rt)
+        reporter = TreeReporter(os.fdopen(write_fd, "wb", buffering=0), app)
+        assert await reporter.send()
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await reporter.final()
+        assert scope.cancelled_caught
+        os.set_blocking(read_fd, False)
+        data = os.read(read_fd, 1 << 16)
+        assert data.startswith(b"tree ")
+        assert os.read(read_fd, 1) == b""  # EOF, not BlockingIOError: the write end closed
+        os.close(read_fd)
+        app._attach(None)
