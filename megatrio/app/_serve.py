@@ -16,10 +16,11 @@ import trio
 from .._config import Config
 from .._runtime import Runtime, mega_runtime
 from ..nursery._child import ChildContext, current_child
-from ..services.http._access import HttpMetrics, observed
+from ..services.http._access import HttpMetrics
 from ..services.http._addresses import is_loopback, parse_address
 from ..services.http._admin import admin_app
-from ..services.http._server import ASGIApp, HttpOptions, health_front, serve_http
+from ..services.http._app_front import app_front
+from ..services.http._server import ASGIApp, HttpOptions, serve_http
 from ..services.http._sockets import bind_listeners, closing_all
 from ..services.logs._redact import Redactor
 from ..services.ws._hub import Hub
@@ -173,8 +174,12 @@ async def serve_app(
                     app._hub = hub
                     rt.push_async_callback(_forget_hub, app)
                     options = attrs.evolve(options, upgrade=upgrade_router(hub))
-                front = health_front(
-                    observed(app.asgi(), http_metrics, access_log=config.access_log), readiness
+                front = app_front(
+                    app.asgi(),
+                    readiness,
+                    http_metrics,
+                    access_log=config.access_log,
+                    raw=app._raw_routes,
                 )
                 http_urls = await rt.start_child(
                     ChildSpec(

@@ -51,13 +51,14 @@ from ._asgi import Receive as Receive
 from ._asgi import Scope as Scope
 from ._asgi import Send as Send
 from ._error_pages import accept_of, prefers_json, render_error
-from ._fast import Connections, FastSettings, serve_connection
+from ._fast import FastSettings, serve_connection
 from ._front import HttpFront
 from ._h1parse import Limits
 from ._hypercorn import HypercornServer, OrderedSendStream, make_config
 from ._proxy_headers import TrustedPeers, proxy_headers
 from ._sockets import bind_listeners, closing_all, socket_url
 from ._upgrade import ReplayStream, UpgradeRouter, parse_head, read_head
+from ._watch import Connections
 
 log = logging.getLogger("megatrio.http")
 
@@ -138,6 +139,13 @@ def _closes_after_response(scope: Scope) -> bool:
 
 
 async def _call_shielding_the_end(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    await app(scope, receive, shielding_the_end(send))
+
+
+def shielding_the_end(send: Send) -> Send:
+    """*send*, with the last body message shielded from cancellation (bounded): the
+    ``Connection: close`` trap's way out (see the module docstring)."""
+
     async def send_shielding_the_end(message: Message) -> None:
         if message["type"] == "http.response.body" and not message.get("more_body", False):
             # This send runs hypercorn's connection close in the app's task; see the module
@@ -147,7 +155,7 @@ async def _call_shielding_the_end(app: ASGIApp, scope: Scope, receive: Receive, 
         else:
             await send(message)
 
-    await app(scope, receive, send_shielding_the_end)
+    return send_shielding_the_end
 
 
 @attrs.frozen(kw_only=True)
@@ -443,6 +451,7 @@ class _Server:
             state=self._hypercorn.lifespan_state,
             server=_address(sock.getsockname),
             client=_address(sock.getpeername),
+            fileno=sock.fileno(),
         )
         if handoff is not None:
             # A WebSocket handshake for the app's own (Quart) routes: hypercorn speaks it.

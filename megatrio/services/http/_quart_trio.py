@@ -1,0 +1,96 @@
+"""Every use of quart-trio's internals, in one module: the App's requests served inline.
+
+quart-trio serves each HTTP request with a nursery and two tasks: one receives the body and
+waits for ``http.disconnect`` (then cancels the other), one runs the handler and sends the
+response. On the fast front that pair is most of what a request costs beyond the handler
+(the nursery, two task spawns, their cancel scopes and the cancellation of the receiver).
+
+:class:`InlineHTTPConnection` serves a request whose body the fast front has already read
+whole (every GET, and every small POST that arrived with its head) in the calling task
+instead: it hands the body to Quart's request at once, then runs Quart's own
+``handle_request`` — hooks, error handlers, the request context, streaming responses, all
+unchanged — inside the front's :class:`~._watch.DisconnectWatch`, so a peer that goes away
+still cancels the handler, as quart-trio's receiver would. Any other request (hypercorn's
+front, a body still to come) takes quart-trio's own path.
+
+None of this is public API: :data:`REQUIRED` names every quart/quart-trio internal used, and
+:func:`missing_internals` reports those a version lacks; a unit test calls it, and
+:func:`inline_connection_class` falls back to quart-trio's own class (logging the names) when
+one is missing, so an upgrade degrades speed, never behaviour.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Final
+
+import trio
+from quart.wrappers import Response
+from quart_trio.asgi import TrioASGIHTTPConnection
+
+from ..._util import missing_references
+from ._watch import INLINE, DisconnectWatch
+
+log = logging.getLogger("megatrio.http")
+
+REQUIRED: Final = (
+    "quart_trio.asgi:TrioASGIHTTPConnection",
+    "quart_trio.asgi:TrioASGIHTTPConnection.__call__",
+    "quart.asgi:ASGIHTTPConnection._create_request_from_scope",
+    "quart.asgi:ASGIHTTPConnection._send_response",
+    "quart_trio.app:QuartTrio.handle_request",
+    "quart_trio.app:QuartTrio.asgi_http_class",
+    "quart.wrappers.request:Body.append",
+    "quart.wrappers.request:Body.set_complete",
+)
+"""``module:attribute.path`` of every quart and quart-trio name used here."""
+
+
+def missing_internals() -> list[str]:
+    """The names of :data:`REQUIRED` this quart/quart-trio lacks. Not a checkpoint."""
+    return missing_references(REQUIRED)
+
+
+class InlineHTTPConnection(TrioASGIHTTPConnection):
+    """quart-trio's HTTP connection, serving in the caller's task when the fast front allows
+    it (see the module docstring)."""
+
+    async def __call__(self, receive: Any, send: Any) -> None:
+        extensions: Any = self.scope.get("extensions")
+        watch: DisconnectWatch | None = extensions.get(INLINE) if extensions else None
+        if watch is None or not watch.body_buffered():
+            await super().__call__(receive, send)
+            return
+        request = self._create_request_from_scope(send)
+        # The body is buffered: this receive() returns it at once, without a checkpoint.
+        message = await receive()
+        if message["type"] != "http.request":
+            return  # the peer is gone already
+        request.body.append(message.get("body", b""))
+        request.body.set_complete()
+        app = self.app
+        with watch.cancelled_on_disconnect():
+            response = await app.handle_request(request)
+            if isinstance(response, Response) and response.timeout != Ellipsis:
+                timeout = response.timeout
+            else:
+                timeout = app.config["RESPONSE_TIMEOUT"]
+            if timeout is None:
+                await self._send_response(send, response)
+            else:
+                with trio.move_on_after(timeout):
+                    await self._send_response(send, response)
+
+
+def inline_connection_class() -> type[TrioASGIHTTPConnection]:
+    """:class:`InlineHTTPConnection`, or quart-trio's own class (with a warning naming what is
+    missing) when this quart/quart-trio lacks an internal it relies on."""
+    missing = missing_internals()
+    if missing:
+        log.warning(
+            "quart-trio lacks internals megatrio's inline requests use (%s): requests take "
+            "quart-trio's own, slower path",
+            ", ".join(missing),
+        )
+        return TrioASGIHTTPConnection
+    return InlineHTTPConnection
