@@ -23,9 +23,7 @@ def test_a_missing_internal_is_named_and_requests_take_quart_trios_own_path(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.delattr(quart.asgi.ASGIHTTPConnection, "_send_response")
-    assert _quart_trio.missing_internals() == [
-        "quart.asgi:ASGIHTTPConnection._send_response"
-    ]
+    assert _quart_trio.missing_internals() == ["quart.asgi:ASGIHTTPConnection._send_response"]
     with caplog.at_level(logging.WARNING, logger="megatrio.http"):
         chosen = _quart_trio.inline_connection_class()
     assert chosen is quart_trio.asgi.TrioASGIHTTPConnection
