@@ -178,10 +178,17 @@ class _Connection:
         # when that request is a WebSocket handshake (this front speaks no WebSocket).
         self._first: bytearray | None = bytearray()
         self.handoff: bytes | None = None
-        self._watch = None if fileno is None else DisconnectWatch(drain, fileno)
+        self._own = trio.CancelScope()
+        self._watch = None if fileno is None else DisconnectWatch(drain, fileno, self._own)
         self._extensions = None if self._watch is None else {INLINE: self._watch}
 
     async def run(self) -> None:
+        # The connection's own scope: cancelled by an idle timeout, the drain (while idle),
+        # or an inline handler's timer or peer leaving; the connection then simply ends.
+        with self._own:
+            await self._run()
+
+    async def _run(self) -> None:
         cycle: _Cycle | None = None
         try:
             while await self._next_request():
@@ -281,15 +288,19 @@ class _Connection:
                 return False
             if self._drain.draining:
                 return False
+            # Idle past the keep-alive timeout, or draining: the watch or the drain cancels
+            # the connection's own scope, and run() ends.
+            own = self._own
             deadline = trio.current_time() + self._settings.keep_alive_timeout_seconds
-            with trio.CancelScope(deadline=deadline) as idle:
-                self._drain.idle.add(idle)
-                try:
-                    await self._read()
-                finally:
-                    self._drain.idle.discard(idle)
-            if idle.cancelled_caught:
-                return False  # idle past the keep-alive timeout, or draining
+            slot = self._drain.cancel_at(own, deadline)
+            self._drain.idle.add(own)
+            try:
+                await self._read()
+            finally:
+                self._drain.idle.discard(own)
+                self._drain.forget(own, slot)
+            if own.cancel_called:
+                return False  # cancelled as the request arrived: it is not served
         return True
 
     async def _read_body(self, cycle: _Cycle) -> None:

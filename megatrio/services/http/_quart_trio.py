@@ -10,7 +10,8 @@ whole (every GET, and every small POST that arrived with its head) in the callin
 instead: it hands the body to Quart's request at once, then runs Quart's own
 ``handle_request`` — hooks, error handlers, the request context, streaming responses, all
 unchanged — inside the front's :class:`~._watch.DisconnectWatch`, so a peer that goes away
-still cancels the handler, as quart-trio's receiver would. Any other request (hypercorn's
+still cancels the handler, as quart-trio's receiver would (the cancellation then ends the
+connection, whose peer is gone). Any other request (hypercorn's
 front, a body still to come) takes quart-trio's own path.
 
 None of this is public API: :data:`REQUIRED` names every quart/quart-trio internal used, and
@@ -24,7 +25,6 @@ from __future__ import annotations
 import logging
 from typing import Any, Final
 
-import trio
 from quart.wrappers import Response
 from quart_trio.asgi import TrioASGIHTTPConnection
 
@@ -78,7 +78,8 @@ class InlineHTTPConnection(TrioASGIHTTPConnection):
             if timeout is None:
                 await self._send_response(send, response)
             else:
-                with trio.move_on_after(timeout):
+                # Past the timeout the connection ends: its response is cut short either way.
+                with watch.cancelled_after(timeout):
                     await self._send_response(send, response)
 
 

@@ -8,7 +8,8 @@ Quart, where every lean rule is registered too: so Quart answers 405 with the ri
 route serves ``HEAD`` (the front sends no body).
 
 **Serving.** The handler runs in the task that called the ASGI app. On the fast front it runs
-inside the front's :class:`~._watch.DisconnectWatch` (a peer that leaves cancels it); on
+inside the front's :class:`~._watch.DisconnectWatch` (a peer that leaves cancels it with
+its connection); on
 hypercorn a receiver task beside it reads the body and watches for ``http.disconnect``, as
 Quart's does. Its return value follows Quart's conventions (:func:`to_response`). An
 ``HTTPException`` (``abort(404)``) is answered with megatrio's error page for its status;
@@ -108,7 +109,8 @@ class RawRoutes:
     ) -> None:
         """Run *route*'s handler for this request and send its response (module docstring).
 
-        Raises only ``Cancelled`` (of the caller's scope); a peer that leaves ends it quietly.
+        Raises only ``Cancelled``: of the caller's scope, or — on the fast front, when the
+        peer leaves — of the connection's, which the front catches to end the connection.
         """
         extensions = scope.get("extensions")
         watch: DisconnectWatch | None = extensions.get(INLINE) if extensions else None
