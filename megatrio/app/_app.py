@@ -35,7 +35,7 @@ from .._runtime import Runtime
 from ..nursery._timer import every
 from ..services.http._access import ROUTE_KEY, HttpMetrics
 from ..services.http._error_pages import register_error_pages
-from ..services.http._quart_trio import inline_connection_class
+from ..services.http._quart_trio import InlineHTTPConnection, inline_connection_class
 from ..services.http._raw import RawRoutes, quart_view
 from ..services.jobs._codec import JSON, Codec
 from ..services.jobs._driver import JobSettings
@@ -82,7 +82,8 @@ class App:
         self.http = QuartTrio(resolved)
         self.http.asgi_http_class = inline_connection_class()
         register_error_pages(self.http)
-        self.http.before_request(_record_route)
+        if self.http.asgi_http_class is not InlineHTTPConnection:
+            self.http.before_request(_record_route)  # else the connection class records it
         self._children: list[ChildSpec] = []
         self._jobs: dict[str, JobSpec] = {}
         self._ws: list[WebSocketEndpoint] = []

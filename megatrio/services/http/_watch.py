@@ -153,13 +153,14 @@ class DisconnectWatch:
     a time: neither block may be nested in itself.
     """
 
-    __slots__ = ("_connections", "_disconnect", "_fd", "_scope", "buffered")
+    __slots__ = ("_after", "_connections", "_disconnect", "_fd", "_scope", "buffered")
 
     def __init__(self, connections: Connections, fd: int, scope: trio.CancelScope) -> None:
         self._connections = connections
         self._fd = fd
         self._scope = scope
         self._disconnect = _OnDisconnect(self)
+        self._after = _After(connections, scope)
         self.buffered = False
         """Set by the connection for the request being served."""
 
@@ -173,7 +174,8 @@ class DisconnectWatch:
 
     def cancelled_after(self, seconds: float) -> _After:
         """A context manager: see the class docstring. Not a checkpoint."""
-        return _After(self._connections, self._scope, trio.current_time() + seconds)
+        self._after.deadline = trio.current_time() + seconds
+        return self._after
 
 
 class _OnDisconnect:
@@ -191,16 +193,16 @@ class _OnDisconnect:
 
 
 class _After:
-    __slots__ = ("_connections", "_deadline", "_scope", "_slot")
+    __slots__ = ("_connections", "_scope", "_slot", "deadline")
 
-    def __init__(self, connections: Connections, scope: trio.CancelScope, deadline: float) -> None:
+    def __init__(self, connections: Connections, scope: trio.CancelScope) -> None:
         self._connections = connections
         self._scope = scope
-        self._deadline = deadline
+        self.deadline = math.inf
         self._slot = 0
 
     def __enter__(self) -> None:
-        self._slot = self._connections.cancel_at(self._scope, self._deadline)
+        self._slot = self._connections.cancel_at(self._scope, self.deadline)
 
     def __exit__(self, *exc_info: object) -> None:
         self._connections.forget(self._scope, self._slot)
