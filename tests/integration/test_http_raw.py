@@ -342,3 +342,34 @@ async def test_a_lean_route_answers_through_quarts_test_client_too() -> None:
     assert response.status_code == 200
     seen = await response.get_json()
     assert (seen["id"], seen["q"]) == (5, ["x"])
+
+
+async def test_quart_routes_stream_and_send_partial_content_as_before() -> None:
+    app = App("bodies")
+
+    @app.get("/stream")
+    async def stream() -> Any:
+        async def chunks() -> AsyncIterator[bytes]:
+            for part in (b"one,", b"two,", b"three"):
+                yield part
+
+        return chunks(), 200, {"Content-Type": "text/plain"}
+
+    @app.get("/range")
+    async def ranged() -> Any:
+        from quart import request
+
+        response = await app.http.make_response(b"0123456789")
+        await response.make_conditional(request, accept_ranges=True, complete_length=10)
+        return response
+
+    async with serving(app) as served:
+        [url] = served.http
+        status, headers, body = await call(url, "GET", "/stream")
+        assert status == 200
+        if headers.get("transfer-encoding") == "chunked":
+            assert body == b"4\r\none,\r\n4\r\ntwo,\r\n5\r\nthree\r\n0\r\n\r\n"
+        else:  # hypercorn may close instead of chunking a Connection: close response
+            assert body == b"one,two,three"
+        status, headers, body = await call(url, "GET", "/range", b"", "Range: bytes=2-4")
+        assert (status, headers["content-range"], body) == (206, "bytes 2-4/10", b"234")

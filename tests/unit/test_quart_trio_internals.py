@@ -6,6 +6,7 @@ import logging
 
 import pytest
 import quart.asgi
+import quart.wrappers.response
 import quart_trio.asgi
 
 from megatrio import App
@@ -28,3 +29,14 @@ def test_a_missing_internal_is_named_and_requests_take_quart_trios_own_path(
         chosen = _quart_trio.inline_connection_class()
     assert chosen is quart_trio.asgi.TrioASGIHTTPConnection
     assert "ASGIHTTPConnection._send_response" in caplog.text
+
+
+def test_a_missing_body_attribute_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    original = quart.wrappers.response.DataBody.__init__
+
+    def init_without_begin(self: object, data: bytes) -> None:
+        original(self, data)  # type: ignore[arg-type]
+        del self.begin  # type: ignore[attr-defined]
+
+    monkeypatch.setattr(quart.wrappers.response.DataBody, "__init__", init_without_begin)
+    assert _quart_trio.missing_internals() == ['DataBody(b"").begin']

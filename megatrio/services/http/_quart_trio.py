@@ -11,7 +11,8 @@ instead: it hands the body to Quart's request at once, then runs Quart's own
 ``handle_request`` — hooks, error handlers, the request context, streaming responses, all
 unchanged — inside the front's :class:`~._watch.DisconnectWatch`, so a peer that goes away
 still cancels the handler, as quart-trio's receiver would (the cancellation then ends the
-connection, whose peer is gone). Either way the matched rule's template is recorded in the
+connection, whose peer is gone); a response whose body is in memory is sent as one body
+message. Either way the matched rule's template is recorded in the
 ASGI scope for the request metrics (``ROUTE_KEY``), which a ``before_request`` hook did at a
 measured ~2% of a hello-world request. Any other request (hypercorn's
 front, a body still to come) takes quart-trio's own path.
@@ -27,7 +28,9 @@ from __future__ import annotations
 import logging
 from typing import Any, Final
 
+from quart.utils import encode_headers
 from quart.wrappers import Response
+from quart.wrappers.response import DataBody
 from quart_trio.asgi import TrioASGIHTTPConnection
 
 from ..._util import missing_references
@@ -47,13 +50,24 @@ REQUIRED: Final = (
     "quart_trio.app:QuartTrio.asgi_http_class",
     "quart.wrappers.request:Body.append",
     "quart.wrappers.request:Body.set_complete",
+    "quart.wrappers.response:DataBody",
+    "quart.utils:encode_headers",
 )
 """``module:attribute.path`` of every quart and quart-trio name used here."""
 
 
+DATA_BODY_ATTRIBUTES: Final = ("data", "begin", "end")
+"""What a response's in-memory body (``DataBody(b"")``) must have."""
+
+
 def missing_internals() -> list[str]:
-    """The names of :data:`REQUIRED` this quart/quart-trio lacks. Not a checkpoint."""
-    return missing_references(REQUIRED)
+    """The names of :data:`REQUIRED` (and the attributes of an in-memory body) this
+    quart/quart-trio lacks. Not a checkpoint."""
+    missing = missing_references(REQUIRED)
+    if missing:
+        return missing
+    body = DataBody(b"")
+    return [f'DataBody(b"").{a}' for a in DATA_BODY_ATTRIBUTES if not hasattr(body, a)]
 
 
 class InlineHTTPConnection(TrioASGIHTTPConnection):
@@ -84,11 +98,26 @@ class InlineHTTPConnection(TrioASGIHTTPConnection):
             else:
                 timeout = app.config["RESPONSE_TIMEOUT"]
             if timeout is None:
-                await self._send_response(send, response)
+                await self._send(send, response)
             else:
                 # Past the timeout the connection ends: its response is cut short either way.
                 with watch.cancelled_after(timeout):
-                    await self._send_response(send, response)
+                    await self._send(send, response)
+
+    async def _send(self, send: Any, response: Any) -> None:
+        body = response.response if isinstance(response, Response) else None
+        if body.__class__ is not DataBody:
+            await self._send_response(send, response)
+            return
+        # A body in memory (what most handlers return): one body message, where Quart's
+        # _send_response iterates the body in an async context and ends with an empty one.
+        start = {
+            "type": "http.response.start",
+            "status": response.status_code,
+            "headers": encode_headers(response.headers),
+        }
+        await send(start)
+        await send({"type": "http.response.body", "body": body.data[body.begin : body.end]})
 
     async def handle_request(self, nursery: Any, request: Any, send: Any) -> None:  # type: ignore[override]
         """quart-trio's own path (its handler task), recording the matched rule too."""
