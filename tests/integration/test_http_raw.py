@@ -40,6 +40,11 @@ def anyio_backend() -> str:
 def lean_app() -> App:
     app = App("lean")
 
+    @app.http.after_request
+    async def mark(response: Any) -> Any:
+        response.headers["X-Via"] = "quart"  # a lean route's response never has it
+        return response
+
     @app.get("/", raw=True)
     async def index(request: RawRequest) -> str:
         return "hello"
@@ -149,8 +154,10 @@ async def test_a_quart_route_shares_a_path_and_wrong_methods_are_405_with_every_
     app = lean_app()
     async with serving(app) as served:
         [url] = served.http
-        status, _, body = await call(url, "POST", "/users/3")
-        assert (status, body) == (200, b"quart saw 3")
+        status, headers, body = await call(url, "POST", "/users/3")
+        assert (status, body, headers["x-via"]) == (200, b"quart saw 3", "quart")
+        status, headers, _ = await call(url, "GET", "/users/3")
+        assert (status, "x-via" in headers) == (200, False)
         status, headers, body = await call(url, "DELETE", "/users/3", b"", JSON)
         assert status == 405
         assert set(headers["allow"].replace(" ", "").split(",")) >= {"GET", "HEAD", "POST"}
@@ -165,9 +172,54 @@ async def test_a_quart_route_shares_a_path_and_wrong_methods_are_405_with_every_
 async def test_head_is_served_by_a_get_route_without_a_body() -> None:
     app = lean_app()
     async with serving(app) as served:
-        response = await exchange(served.http[0], request_bytes("HEAD", "/"))
-        status, headers, body = split_response(response)
-        assert (status, headers["content-length"], body) == (200, "5", b"")
+        for path in ("/", "/users/1"):
+            response = await exchange(served.http[0], request_bytes("HEAD", path))
+            status, headers, body = split_response(response)
+            assert (status, body, "x-via" in headers) == (200, b"", False)  # the lean route's
+        assert headers["content-type"] == "application/json"
+
+
+async def test_on_the_fast_front_handlers_run_in_the_connections_task(http_front: str) -> None:
+    if http_front != "fast":
+        pytest.skip("hypercorn runs the app in a task of its own per request")
+    app = App("inline")
+    tasks: list[tuple[str, trio.lowlevel.Task, int]] = []
+
+    @app.get("/quart")
+    async def quart_route() -> str:
+        task = trio.lowlevel.current_task()
+        tasks.append(("quart", task, len(task.child_nurseries)))
+        return "ok"
+
+    @app.post("/lean", raw=True)
+    async def lean(request: RawRequest) -> bytes:
+        task = trio.lowlevel.current_task()
+        tasks.append(("lean", task, len(task.child_nurseries)))
+        return await request.body()
+
+    async with serving(app) as served:
+        stream = await connect(served.http[0])
+        async with stream:
+            await stream.send_all(
+                b"GET /quart HTTP/1.1\r\nHost: t\r\n\r\n"
+                b"POST /quart HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n"
+                b"GET /quart HTTP/1.1\r\nHost: t\r\n\r\n"
+                b"POST /lean HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi"
+                b"POST /lean HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+                b"Content-Length: 2\r\n\r\nho"
+            )
+            data = await read_to_eof(stream)
+    assert data.count(b"HTTP/1.1 200") == 4  # the POST to the Quart route is a 405
+    assert data.endswith(b"ho")
+    # No task per request: every handler ran in the connection's own task, with no
+    # nursery (a receiver beside it) open.
+    assert [(kind, children) for kind, _, children in tasks] == [
+        ("quart", 0),
+        ("quart", 0),
+        ("lean", 0),
+        ("lean", 0),
+    ]
+    assert len({task for _, task, _ in tasks}) == 1
 
 
 async def test_errors_are_megatrios_pages_logged_not_shown_and_the_connection_keeps_serving(
