@@ -81,12 +81,12 @@ class Connections:
 
     def _fire(self) -> None:
         now = math.floor(trio.current_time() / WATCH_TICK_SECONDS)
-        first = (
-            self._done_slot + 1 if self._done_slot is not None else min(self._slots, default=now)
-        )
-        for slot in range(first, now + 1):
-            for scope in self._slots.pop(slot, ()):
-                scope.cancel()
+        if self._slots:
+            # cancel_at() never files a timer at or below _done_slot.
+            first = min(self._slots) if self._done_slot is None else self._done_slot + 1
+            for slot in range(first, now + 1):
+                for scope in self._slots.pop(slot, ()):
+                    scope.cancel()
         self._done_slot = now
 
     async def watch(self, until: trio.Event) -> None:
@@ -96,8 +96,7 @@ class Connections:
         while not until.is_set():
             await trio.sleep(WATCH_TICK_SECONDS)
             self.tick += 1
-            if self._slots:
-                self._fire()
+            self._fire()
             due = [task for task, tick in self.parked.items() if tick < self.tick]
             for task in due:
                 del self.parked[task]
