@@ -65,6 +65,9 @@ class RawRoutes:
         self._map = Map()
         self._adapter = self._map.bind("localhost")
         self._dynamic: list[RawRoute] = []
+        # The literal start of each rule with converters: a path that starts with none of
+        # them is no lean route's, and werkzeug's match (~6.6 us, raising NotFound) is skipped.
+        self._prefixes: tuple[str, ...] = ()
 
     def __bool__(self) -> bool:
         return bool(self._static or self._dynamic)
@@ -78,6 +81,7 @@ class RawRoutes:
         if "<" in rule:
             self._map.add(Rule(rule, endpoint=len(self._dynamic), methods=methods))
             self._dynamic.append(route)
+            self._prefixes = (*self._prefixes, rule.partition("<")[0])
         else:
             self._static.setdefault(rule, []).append(route)
         return route
@@ -90,7 +94,7 @@ class RawRoutes:
             for route in static:
                 if method in route.methods:
                     return route, {}
-        if self._dynamic:
+        if path.startswith(self._prefixes):
             try:
                 index, params = self._adapter.match(path, method)
             except (NotFound, MethodNotAllowed, RequestRedirect):
