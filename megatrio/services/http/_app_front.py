@@ -1,10 +1,11 @@
 """The App's ASGI front: health, request ids, metrics, the access log and lean routes, in
 one layer.
 
-:func:`app_front` does what ``health_front(observed(app))`` does (see
-:func:`~._server.health_front` and :func:`~._access.observed`) in one call per request
-instead of three nested ones, and dispatches the App's lean routes (:mod:`._raw`) before
-Quart, inside the request id, metrics and access log like every other route.
+:func:`app_front` is one call per request where three nested layers (health, observability,
+Quart) cost ~20 us per request more, measured on the ASGI callables: ``/healthz`` and
+``/readyz``; then the request id, the metrics and the access log of :mod:`._access` around the
+App's lean routes (:mod:`._raw`), dispatched before Quart, and Quart itself; and on hypercorn
+the ``Connection: close`` trap's shield (see :mod:`._server`).
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ import time
 from collections.abc import Callable
 
 from ..logs._context import REQUEST_ID
-from ._access import ROUTE_KEY, UNMATCHED, HttpMetrics, _request_id
+from ._access import ROUTE_KEY, UNMATCHED, HttpMetrics, request_id_of
 from ._access import log as access_log_logger
 from ._asgi import ASGIApp, Message, Receive, Scope, Send
 from ._raw import RawRoutes
-from ._server import _closes_after_response, send_body, send_json, shielding_the_end
+from ._server import closes_after_response, send_body, send_json, shielding_the_end
 from ._watch import INLINE
 
 Readiness = Callable[[], tuple[bool, list[str]]]
@@ -35,8 +36,9 @@ def app_front(
     """*app* (the Quart app) behind ``/healthz`` and ``/readyz``, request ids, *metrics*, the
     access log (unless *access_log* is False) and the lean routes *raw*.
 
-    ``/healthz`` and ``/readyz`` are answered first (at the root and under ``root_path``),
-    outside the access log and the metrics, as :func:`~._server.health_front` does.
+    ``/healthz`` is 200 while the process serves; ``/readyz`` is 200 only when *readiness*
+    says so, else 503 with the names of what is not ready. Both are answered first (at the
+    root and under ``root_path``), outside the access log and the metrics.
     """
     routes = raw if raw else None
 
@@ -55,7 +57,7 @@ def app_front(
             ready, waiting = readiness()
             await send_json(send, 200 if ready else 503, {"ready": ready, "not_ready": waiting})
             return
-        request_id = _request_id(scope)
+        request_id = request_id_of(scope)
         token = REQUEST_ID.set(request_id)
         header = (b"x-request-id", request_id.encode())
         status = 0
@@ -74,7 +76,7 @@ def app_front(
         if metrics is not None:
             metrics.in_flight += 1
         send_on: Send = send_observed
-        if INLINE not in (scope.get("extensions") or ()) and _closes_after_response(scope):
+        if INLINE not in (scope.get("extensions") or ()) and closes_after_response(scope):
             send_on = shielding_the_end(send_observed)  # hypercorn's Connection: close trap
         try:
             if routes is None or (matched := routes.match(scope["method"], path)) is None:
