@@ -425,3 +425,13 @@ async def test_quart_routes_stream_and_send_partial_content_as_before() -> None:
             assert body == b"one,two,three"
         status, headers, body = await call(url, "GET", "/range", b"", "Range: bytes=2-4")
         assert (status, headers["content-range"], body) == (206, "bytes 2-4/10", b"234")
+
+
+async def test_lean_routes_are_matched_under_the_root_path_either_way_a_proxy_sends_it() -> None:
+    app = lean_app()
+    async with serving(app, Config(bind=("127.0.0.1:0",), admin_bind="", root_path="/api")) as s:
+        [url] = s.http
+        for path in ("/api/users/5", "/users/5"):  # the prefix forwarded, or stripped
+            status, headers, body = await call(url, "GET", path)
+            assert (status, "x-via" in headers) == (200, False)
+            assert json.loads(body)["path"] == "/api/users/5"
