@@ -1,7 +1,7 @@
 """HTTP serving benchmark: megatrio's two HTTP/1.1 fronts against hypercorn and uvicorn.
 
 Run ``python bench/bench_http.py`` from anywhere (``--quick`` for a short run); it needs ``wrk``
-on PATH. Eight servers, each its own process bound to 127.0.0.1 on a free port, all serving the
+on PATH. Ten servers, each its own process bound to 127.0.0.1 on a free port, all serving the
 same trivial ``GET /`` (a 13-byte text body) from ``bench/http_apps/``:
 
 - megatrio, fast front: ``python -m megatrio run bench.http_apps.megatrio_app:app --http fast``
@@ -10,6 +10,8 @@ same trivial ``GET /`` (a 13-byte text body) from ``bench/http_apps/``:
 - megatrio, fast front, access log on: the same at log level info, so each request writes its
   access record (JSON, to the server's log file) — the access log's cost is this row against
   the first (whose level, warning, writes no access record);
+- megatrio, lean route: ``bench.http_apps.megatrio_raw_app:app``, the same handler on a
+  ``raw=True`` route (dispatched before Quart, without its request machinery), fast front;
 - megatrio, hypercorn front: the same with ``--http hypercorn`` (hypercorn's trio worker);
 - quart-trio on hypercorn: ``python -m hypercorn --worker-class trio
   bench.http_apps.quart_app:app`` with the same handler (hypercorn's defaults: one worker
@@ -37,8 +39,9 @@ CPU all other processes used meanwhile, and the script warns when the machine wa
 shared machine, CPU per request is the steadier comparison.
 
 Targets (as ratios of medians from the same run): megatrio on the fast front >= 0.9x Quart on
-uvicorn; raw ASGI on the fast front >= 1.0x raw ASGI on hypercorn's asyncio worker; megatrio
-on hypercorn >= 0.95x bare quart-trio on hypercorn.
+uvicorn; megatrio's lean route >= 0.5x Starlette on uvicorn; raw ASGI on the fast front >= 1.0x
+raw ASGI on hypercorn's asyncio worker; megatrio on hypercorn >= 0.95x bare quart-trio on
+hypercorn.
 
 Progress goes to stderr, the table to stdout. Exit status 0 when every run was valid (whatever
 the targets say), 1 when a run was invalid, 2 when wrk is missing.
@@ -101,10 +104,12 @@ class Server:
         return argv
 
 
-def _megatrio(front: str, log_level: str = "warning") -> tuple[str, ...]:
+def _megatrio(
+    front: str, log_level: str = "warning", target: str = "bench.http_apps.megatrio_app:app"
+) -> tuple[str, ...]:
     # At "warning" the access log (info records on megatrio.access) writes nothing.
     return (
-        "-m", "megatrio", "run", "bench.http_apps.megatrio_app:app", "--bind", "{bind}",
+        "-m", "megatrio", "run", target, "--bind", "{bind}",
         "--admin-bind", "", "--log-level", log_level, "--log-format", "json", "--http", front,
     )  # fmt: skip
 
@@ -131,6 +136,12 @@ MEGATRIO_LOGGED = Server(
     "megatrio-log",
     "megatrio run (App), fast front, access log on",
     _megatrio("fast", "info"),
+    "megatrio",
+)
+MEGATRIO_RAW = Server(
+    "megatrio-raw",
+    "megatrio run (App), lean route (raw=True)",
+    _megatrio("fast", target="bench.http_apps.megatrio_raw_app:app"),
     "megatrio",
 )
 MEGATRIO = Server(
@@ -161,6 +172,7 @@ STARLETTE = Server(
 SERVERS = (
     MEGATRIO_FAST,
     MEGATRIO_LOGGED,
+    MEGATRIO_RAW,
     MEGATRIO,
     QUART,
     ASGI_FAST,
@@ -172,6 +184,7 @@ SERVERS = (
 
 TARGETS = {
     MEGATRIO_FAST.key: (QUART_UVICORN, 0.9),
+    MEGATRIO_RAW.key: (STARLETTE, 0.5),
     ASGI_FAST.key: (ASGI_ASYNCIO, 1.0),
     MEGATRIO.key: (QUART, 0.95),
 }

@@ -33,6 +33,7 @@ from .nursery._child import current_child as current_child
 from .nursery._timer import every as every
 from .services.alerts._alert import AlertSender as AlertSender
 from .services.alerts._alert import SendResult as SendResult
+from .services.http._raw_request import RawRequest as RawRequest
 from .services.jobs._codec import Codec as Codec
 from .services.jobs._codec import JsonCodec as JsonCodec
 from .services.jobs._driver import DeadLetter as DeadLetter
@@ -163,6 +164,7 @@ __all__ = (
     "NonceStoreUnavailable",
     "NonceVerdict",
     "QueuedEntry",
+    "RawRequest",
     "Redactor",
     "RedisCache",
     "RedisNonceStore",

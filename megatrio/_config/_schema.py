@@ -223,6 +223,22 @@ class Config:
     max_concurrent_connections: int = attrs.field(
         default=0, metadata=_meta(parse.count(0), "past this many: 503 (0: no limit)")
     )
+    request_timeout_seconds: float = attrs.field(
+        default=10.0,
+        metadata=_meta(
+            parse.positive_seconds, "fast front: a request head, or a body pause, past this: 408"
+        ),
+    )
+    max_body_bytes: int = attrs.field(
+        default=0, metadata=_meta(parse.count(0), "fast front: a request body past this: 413")
+    )
+    max_header_count: int = attrs.field(
+        default=100, metadata=_meta(parse.count(0), "fast front: more request headers: 431")
+    )
+    max_head_bytes: int = attrs.field(
+        default=64 * 1024,
+        metadata=_meta(parse.count(0), "fast front: a request head past this size: 431"),
+    )
     root_path: str = attrs.field(
         default="", metadata=_meta(parse.root_path, "path prefix the app is mounted under")
     )

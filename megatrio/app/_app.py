@@ -35,6 +35,8 @@ from .._runtime import Runtime
 from ..nursery._timer import every
 from ..services.http._access import ROUTE_KEY, HttpMetrics
 from ..services.http._error_pages import register_error_pages
+from ..services.http._quart_trio import InlineHTTPConnection, inline_connection_class
+from ..services.http._raw import RawRoutes, quart_view
 from ..services.jobs._codec import JSON, Codec
 from ..services.jobs._driver import JobSettings
 from ..services.jobs._jobs import Jobs, JobSpec
@@ -78,13 +80,18 @@ class App:
             raise ValueError(f"app name must be a non-empty string without '/': {resolved!r}")
         self.name = resolved
         self.http = QuartTrio(resolved)
+        self.http.asgi_http_class = inline_connection_class()
         register_error_pages(self.http)
-        self.http.before_request(_record_route)
+        if self.http.asgi_http_class is not InlineHTTPConnection:
+            self.http.before_request(_record_route)  # else the connection class records it
         self._children: list[ChildSpec] = []
         self._jobs: dict[str, JobSpec] = {}
         self._ws: list[WebSocketEndpoint] = []
         self._hub: Hub | None = None
         self._http_metrics: HttpMetrics | None = None
+        self._raw_routes = RawRoutes(
+            lambda value: self.http.json.dumps(value, separators=(",", ":"))
+        )
         self._rt: Runtime | None = None
         self.setup()
 
@@ -93,24 +100,79 @@ class App:
     def setup(self) -> None:
         """Subclass hook, called by ``__init__``: register routes and children here."""
 
-    def route(self, rule: str, **options: Any) -> Callable[[F], F]:
-        """``@app.route(rule, methods=[...])`` — Quart's ``route`` on :attr:`http`."""
+    def route(self, rule: str, *, raw: bool = False, **options: Any) -> Callable[[F], F]:
+        """``@app.route(rule, methods=[...])`` — Quart's ``route`` on :attr:`http`.
+
+        With ``raw=True`` the route is a *lean* one: dispatched before Quart and served
+        without its request machinery, for hot endpoints. Its handler is called as
+        ``await handler(request, **path_params)`` with a :class:`megatrio.RawRequest`, and
+        returns what a Quart handler commonly does: ``str`` (``text/html``), ``bytes``, a
+        ``dict`` or ``list`` (JSON), or a ``(body, status)``, ``(body, headers)`` or ``(body,
+        status, headers)`` tuple. It gets request ids, the access log, metrics by rule, and
+        megatrio's error pages (an ``HTTPException`` such as ``abort(404)`` gives its status;
+        any other exception a logged 500); not Quart's ``before_request``/``after_request``
+        hooks, error handlers, sessions or ``request`` context. A method the lean route does
+        not serve goes on to Quart's routes (405 when none serves it); ``GET`` serves
+        ``HEAD``. The only option a lean route takes is ``endpoint`` (for ``url_for``).
+
+        Raises:
+            TypeError: another option with ``raw=True``.
+            ValueError: a malformed rule.
+        """
+        if raw:
+            methods = options.pop("methods", None) or ("GET",)
+            return self._raw_route(rule, methods, options)
         return self.http.route(rule, **options)
 
-    def get(self, rule: str, **options: Any) -> Callable[[F], F]:
+    def get(self, rule: str, *, raw: bool = False, **options: Any) -> Callable[[F], F]:
+        """``@app.get(rule)``: :meth:`route` for ``GET`` (and ``HEAD``); ``raw=True`` for a
+        lean route."""
+        if raw:
+            return self._raw_route(rule, ("GET",), options)
         return self.http.get(rule, **options)
 
-    def post(self, rule: str, **options: Any) -> Callable[[F], F]:
+    def post(self, rule: str, *, raw: bool = False, **options: Any) -> Callable[[F], F]:
+        """``@app.post(rule)``: :meth:`route` for ``POST``."""
+        if raw:
+            return self._raw_route(rule, ("POST",), options)
         return self.http.post(rule, **options)
 
-    def put(self, rule: str, **options: Any) -> Callable[[F], F]:
+    def put(self, rule: str, *, raw: bool = False, **options: Any) -> Callable[[F], F]:
+        """``@app.put(rule)``: :meth:`route` for ``PUT``."""
+        if raw:
+            return self._raw_route(rule, ("PUT",), options)
         return self.http.put(rule, **options)
 
-    def delete(self, rule: str, **options: Any) -> Callable[[F], F]:
+    def delete(self, rule: str, *, raw: bool = False, **options: Any) -> Callable[[F], F]:
+        """``@app.delete(rule)``: :meth:`route` for ``DELETE``."""
+        if raw:
+            return self._raw_route(rule, ("DELETE",), options)
         return self.http.delete(rule, **options)
 
-    def patch(self, rule: str, **options: Any) -> Callable[[F], F]:
+    def patch(self, rule: str, *, raw: bool = False, **options: Any) -> Callable[[F], F]:
+        """``@app.patch(rule)``: :meth:`route` for ``PATCH``."""
+        if raw:
+            return self._raw_route(rule, ("PATCH",), options)
         return self.http.patch(rule, **options)
+
+    def _raw_route(
+        self, rule: str, methods: Sequence[str], options: dict[str, Any]
+    ) -> Callable[[F], F]:
+        endpoint = options.pop("endpoint", None)
+        if options:
+            raise TypeError(f"a raw route takes no option {', '.join(sorted(options))}")
+        if isinstance(methods, str):
+            raise TypeError("methods must be a list of method names, not a string")
+
+        def register(handler: F) -> F:
+            self._raw_routes.add(rule, methods, handler)
+            # Quart knows the rule too: its 405s, OPTIONS and url_for then include it.
+            self.http.add_url_rule(
+                rule, endpoint or handler.__name__, quart_view(handler), methods=list(methods)
+            )
+            return handler
+
+        return register
 
     def add_child(self, spec: ChildSpec) -> ChildSpec:
         """Declare a supervised child. Raises ValueError on a duplicate name."""

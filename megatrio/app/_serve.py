@@ -17,10 +17,11 @@ from .._config import Config
 from .._runtime import Runtime, mega_runtime
 from .._samples import Sample, SampleSource, gather
 from ..nursery._child import ChildContext, current_child
-from ..services.http._access import HttpMetrics, observed
+from ..services.http._access import HttpMetrics
 from ..services.http._addresses import is_loopback, parse_address
 from ..services.http._admin import admin_app
-from ..services.http._server import ASGIApp, HttpOptions, health_front, serve_http
+from ..services.http._app_front import app_front
+from ..services.http._server import ASGIApp, HttpOptions, serve_http
 from ..services.http._sockets import bind_listeners, closing_all
 from ..services.logs._redact import Redactor
 from ..services.ws._hub import Hub
@@ -176,8 +177,12 @@ async def serve_app(
                     rt.metric_sources.add("ws", samples)
                     rt.push_async_callback(_forget_hub, app, rt, samples)
                     options = attrs.evolve(options, upgrade=upgrade_router(hub))
-                front = health_front(
-                    observed(app.asgi(), http_metrics, access_log=config.access_log), readiness
+                front = app_front(
+                    app.asgi(),
+                    readiness,
+                    http_metrics,
+                    access_log=config.access_log,
+                    raw=app._raw_routes,
                 )
                 http_urls = await rt.start_child(
                     ChildSpec(
@@ -320,6 +325,10 @@ def http_options(config: Config) -> HttpOptions:
         keep_alive_timeout_seconds=config.keep_alive_timeout_seconds,
         front=config.http_front,
         max_concurrent_connections=config.max_concurrent_connections,
+        request_timeout_seconds=config.request_timeout_seconds,
+        max_body_bytes=config.max_body_bytes,
+        max_header_count=config.max_header_count,
+        max_head_bytes=config.max_head_bytes,
         root_path=config.root_path,
         forwarded_allow_ips=config.forwarded_allow_ips,
         certfile=config.certfile,

@@ -21,6 +21,7 @@ BOTH_FRONTS = frozenset(
         "test_http",
         "test_http_serving",
         "test_http_fuzz",
+        "test_http_raw",
         "test_listeners",
         "test_cli",
         "test_signals",

@@ -431,3 +431,29 @@ async def test_cancelling_serve_http_closes_every_connection_at_once() -> None:
     host, port = url.removeprefix("http://").rsplit(":", 1)
     with trio.socket.socket() as probe, pytest.raises(ConnectionRefusedError):
         await probe.connect((host, int(port)))
+
+
+async def test_the_fast_fronts_limits_come_from_the_config(http_front: str) -> None:
+    if http_front != "fast":
+        pytest.skip("the limits are the fast front's (hypercorn has its own)")
+    app = App("limits")
+
+    @app.post("/upload")
+    async def upload() -> str:
+        return str(len(await request.get_data()))
+
+    limited = config(max_body_bytes=8, max_header_count=3, max_head_bytes=300)
+    async with trio.open_nursery() as nursery:
+        [url] = (await start(nursery, app, limited)).http
+        small = (
+            b"POST /upload HTTP/1.1\r\nHost: t\r\nConnection: close\r\n"
+            b"Content-Length: 8\r\n\r\n12345678"
+        )
+        assert split_response(await exchange(url, small))[::2] == (200, b"8")
+        large = b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 9\r\n\r\n123456789"
+        assert status_of(await exchange(url, large)) == 413
+        many = get("/upload", "A: 1", "B: 2", "C: 3")
+        assert status_of(await exchange(url, many)) == 431
+        long_head = get("/upload", "X-Long: " + "x" * 400)
+        assert status_of(await exchange(url, long_head)) == 431
+        app.rt.stop()

@@ -128,6 +128,24 @@ def test_serving_options_from_file_environment_and_flags(tmp_path: Path) -> None
     assert Config().keep_alive_timeout_seconds == 5.0
 
 
+def test_the_fast_fronts_limits_are_config_keys(tmp_path: Path) -> None:
+    (tmp_path / "megatrio.toml").write_text("max_body_bytes = 1024\nmax_header_count = 20\n")
+    config = load_config(
+        directory=tmp_path,
+        environ={"MEGATRIO_MAX_HEAD_BYTES": "8192", "MEGATRIO_REQUEST_TIMEOUT_SECONDS": "2.5"},
+    )
+    limits = (
+        config.max_body_bytes,
+        config.max_header_count,
+        config.max_head_bytes,
+        config.request_timeout_seconds,
+    )
+    assert limits == (1024, 20, 8192, 2.5)
+    defaults = Config()
+    assert (defaults.max_body_bytes, defaults.max_header_count) == (0, 100)
+    assert (defaults.max_head_bytes, defaults.request_timeout_seconds) == (65536, 10.0)
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
@@ -159,6 +177,16 @@ def test_serving_options_from_file_environment_and_flags(tmp_path: Path) -> None
             "key 'http_front': expected one of 'fast', 'hypercorn', got 'quick'",
         ),
         ("http_front = 1\n", "key 'http_front': expected one of 'fast', 'hypercorn', got 1"),
+        (
+            "request_timeout_seconds = 0\n",
+            "key 'request_timeout_seconds': expected a finite number of seconds > 0, got 0",
+        ),
+        ("max_body_bytes = -5\n", "key 'max_body_bytes': expected an integer >= 0, got -5"),
+        (
+            'max_header_count = "many"\n',
+            "key 'max_header_count': expected an integer >= 0, got 'many'",
+        ),
+        ("max_head_bytes = 1.5\n", "key 'max_head_bytes': expected an integer >= 0, got 1.5"),
     ],
 )
 def test_bad_serving_options_name_file_key_and_expectation(

@@ -26,8 +26,13 @@ body beyond ``max_body_bytes`` 413, a head that does not complete within
 connection closes after ``keep_alive_timeout_seconds``. A malformed request is answered 400
 (505 for an unsupported version) and the connection closes; so does every error response.
 
-**Draining.** Once :meth:`Connections.begin_drain` is called, idle connections close at once, and a
-connection with a request in flight closes after its response (``Connection: close``).
+**Inline handlers.** A request whose body is all read offers the app a
+:class:`~._watch.DisconnectWatch` in ``scope["extensions"]``: a handler may then run in this
+task with no receiver beside it and still be cancelled when the peer leaves.
+
+**Draining.** Once :meth:`~._watch.Connections.begin_drain` is called, idle connections close
+at once, and a connection with a request in flight closes after its response
+(``Connection: close``).
 
 This module is longer than the ~400 lines megatrio aims for: it is one connection's state
 machine (reading, the ASGI receive and send of each cycle, framing, errors, closing), whose
@@ -45,10 +50,10 @@ from typing import Any, Final
 from urllib.parse import unquote
 
 import attrs
-import outcome
 import trio
 
 from ._h1parse import END, Head, Limits, ProtocolError, make_parser
+from ._watch import INLINE, Connections, DisconnectWatch
 
 Message = dict[str, Any]
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
@@ -76,57 +81,6 @@ class FastSettings:
     limits: Limits = attrs.field(factory=Limits)
     root_path: str = ""
     prefer_httptools: bool = True
-
-
-WATCH_TICK_SECONDS: Final = 0.05
-
-
-class Connections:
-    """What one listener's fast connections share: the stop signal and the watch over
-    receivers parked in ``receive()`` (see the module docstring)."""
-
-    def __init__(self) -> None:
-        self.draining = False
-        self.idle: set[trio.CancelScope] = set()
-        self.parked: dict[trio.lowlevel.Task, int] = {}
-        self._tick = 0
-
-    def begin_drain(self) -> None:
-        """Close idle connections now; others after their response. Not a checkpoint."""
-        self.draining = True
-        for scope in self.idle:
-            scope.cancel()
-
-    async def watch(self, until: trio.Event) -> None:
-        """Each tick, have receivers parked since the last one watch their socket; returns
-        once *until* is set."""
-        while not until.is_set():
-            await trio.sleep(WATCH_TICK_SECONDS)
-            self._tick += 1
-            due = [task for task, tick in self.parked.items() if tick < self._tick]
-            for task in due:
-                del self.parked[task]
-                trio.lowlevel.reschedule(task, outcome.Value(_WATCH))
-
-    async def park(self) -> bool:
-        """Wait for :meth:`unpark` (False) or the watch (True)."""
-        task = trio.lowlevel.current_task()
-        self.parked[task] = self._tick
-
-        def abort(_: object) -> trio.lowlevel.Abort:
-            self.parked.pop(task, None)
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        reason = await trio.lowlevel.wait_task_rescheduled(abort)
-        return reason is _WATCH
-
-    def unpark(self, task: trio.lowlevel.Task) -> None:
-        """Wake *task* parked in :meth:`park` (if it still is). Not a checkpoint."""
-        if self.parked.pop(task, None) is not None:
-            trio.lowlevel.reschedule(task, outcome.Value(None))
-
-
-_WATCH: Final = object()
 
 
 def _status_line(status: int) -> bytes:
@@ -204,6 +158,7 @@ class _Connection:
         state: Mapping[str, Any],
         server: tuple[str, int] | None,
         client: tuple[str, int] | None,
+        fileno: int | None,
     ) -> None:
         self._app = app
         self._stream = stream
@@ -223,8 +178,17 @@ class _Connection:
         # when that request is a WebSocket handshake (this front speaks no WebSocket).
         self._first: bytearray | None = bytearray()
         self.handoff: bytes | None = None
+        self._own = trio.CancelScope()
+        self._watch = None if fileno is None else DisconnectWatch(drain, fileno, self._own)
+        self._extensions = None if self._watch is None else {INLINE: self._watch}
 
     async def run(self) -> None:
+        # The connection's own scope: cancelled by an idle timeout, the drain (while idle),
+        # or an inline handler's timer or peer leaving; the connection then simply ends.
+        with self._own:
+            await self._run()
+
+    async def _run(self) -> None:
         cycle: _Cycle | None = None
         try:
             while await self._next_request():
@@ -324,15 +288,19 @@ class _Connection:
                 return False
             if self._drain.draining:
                 return False
+            # Idle past the keep-alive timeout, or draining: the watch or the drain cancels
+            # the connection's own scope, and run() ends.
+            own = self._own
             deadline = trio.current_time() + self._settings.keep_alive_timeout_seconds
-            with trio.CancelScope(deadline=deadline) as idle:
-                self._drain.idle.add(idle)
-                try:
-                    await self._read()
-                finally:
-                    self._drain.idle.discard(idle)
-            if idle.cancelled_caught:
-                return False  # idle past the keep-alive timeout, or draining
+            slot = self._drain.cancel_at(own, deadline)
+            self._drain.idle.add(own)
+            try:
+                await self._read()
+            finally:
+                self._drain.idle.discard(own)
+                self._drain.forget(own, slot)
+            if own.cancel_called:
+                return False  # cancelled as the request arrived: it is not served
         return True
 
     async def _read_body(self, cycle: _Cycle) -> None:
@@ -358,7 +326,7 @@ class _Connection:
             raise ProtocolError(400, "non-ASCII request target") from None
         if "%" in path:
             path = unquote(path)
-        return {
+        scope = {
             "type": "http",
             "asgi": _ASGI,
             "http_version": head.http_version,
@@ -373,6 +341,9 @@ class _Connection:
             "headers": head.headers,
             "state": dict(self._state),
         }
+        if self._extensions is not None:
+            scope["extensions"] = self._extensions
+        return scope
 
     async def _serve(self, cycle: _Cycle) -> None:
         try:
@@ -388,6 +359,8 @@ class _Connection:
         async def send(message: Message) -> None:
             await self._send(cycle, message)
 
+        if self._watch is not None:
+            self._watch.buffered = cycle.complete
         try:
             await self._app(scope, receive, send)
         except Exception:
@@ -601,6 +574,7 @@ async def serve_connection(
     state: Mapping[str, Any],
     server: tuple[str, int] | None,
     client: tuple[str, int] | None,
+    fileno: int | None = None,
 ) -> bytes | None:
     """Serve HTTP/1.1 on *stream* with the ASGI *app* until the connection is over.
 
@@ -609,12 +583,13 @@ async def serve_connection(
     that does; nothing has been sent then.
 
     *state* is the app's lifespan state (each request gets a shallow copy, as ASGI asks);
-    *server* and *client* are the scope's addresses (None for a Unix socket). Returns when the
+    *server* and *client* are the scope's addresses (None for a Unix socket); *fileno*, the
+    socket's, lets handlers run inline (see the module docstring). Returns when the
     peer closes, a timeout or limit ends the connection, or *drain* says so (see the module
     docstring); the caller closes the socket. Raises what the app raises (after answering 500
     when it had sent nothing); socket errors end the connection quietly. Cancellation ends
     the connection at once.
     """
-    connection = _Connection(app, stream, settings, drain, state, server, client)
+    connection = _Connection(app, stream, settings, drain, state, server, client, fileno)
     await connection.run()
     return connection.handoff

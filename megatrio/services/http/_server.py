@@ -16,18 +16,19 @@ cancelled and its socket closed, which also ends a send that hypercorn shields f
 cancellation (a peer that never reads would otherwise hold the stop forever). The child's
 own cancel-scope deadline bounds the whole stop, including the app's lifespan shutdown.
 
-**The ``Connection: close`` trap.** The front answers ``/healthz`` and ``/readyz`` itself and
-works around a hypercorn 0.18 trio worker trap. For a ``Connection: close`` (or HTTP/1.0)
-request, the app's ``send`` of the last body chunk runs hypercorn's whole connection close —
-``send_eof()`` then ``aclose()`` — inside the app's own task. While that close is at its
-first checkpoint, hypercorn delivers ``http.disconnect`` to the app's pending ``receive()``,
-and an app that still awaits ``receive()`` (Quart does) cancels its request task group in
-response: the cancellation lands in hypercorn's close, which is abandoned, and the socket
-stays open — clients reading to EOF (health checks, HTTP/1.0) hang until they time out. The
-front shields that last ``send``, only for requests whose connection closes after the
-response: shielding every request costs ~25% of requests/s (hypercorn then completes its
-keep-alive bookkeeping on each one; measured with bench/bench_http.py), and keep-alive
-responses are delimited by length, so clients do not hang.
+**The ``Connection: close`` trap.** The App's ASGI layer (:mod:`._app_front`) works around a
+hypercorn 0.18 trio worker trap with :func:`shielding_the_end`. For a ``Connection: close``
+(or HTTP/1.0) request, the app's ``send`` of the last body chunk runs hypercorn's whole
+connection close — ``send_eof()`` then ``aclose()`` — inside the app's own task. While that
+close is at its first checkpoint, hypercorn delivers ``http.disconnect`` to the app's pending
+``receive()``, and an app that still awaits ``receive()`` (Quart does) cancels its request
+task group in response: the cancellation lands in hypercorn's close, which is abandoned, and
+the socket stays open — clients reading to EOF (health checks, HTTP/1.0) hang until they time
+out. That layer shields the last ``send``, only for requests whose connection closes after
+the response (:func:`closes_after_response`): shielding every request costs ~25% of
+requests/s (hypercorn then completes its keep-alive bookkeeping on each one; measured with
+bench/bench_http.py), and keep-alive responses are delimited by length, so clients do not
+hang.
 """
 
 from __future__ import annotations
@@ -51,13 +52,14 @@ from ._asgi import Receive as Receive
 from ._asgi import Scope as Scope
 from ._asgi import Send as Send
 from ._error_pages import accept_of, prefers_json, render_error
-from ._fast import Connections, FastSettings, serve_connection
+from ._fast import FastSettings, serve_connection
 from ._front import HttpFront
 from ._h1parse import Limits
 from ._hypercorn import HypercornServer, OrderedSendStream, make_config
 from ._proxy_headers import TrustedPeers, proxy_headers
 from ._sockets import bind_listeners, closing_all, socket_url
 from ._upgrade import ReplayStream, UpgradeRouter, parse_head, read_head
+from ._watch import Connections
 
 log = logging.getLogger("megatrio.http")
 
@@ -97,38 +99,7 @@ async def send_json(send: Send, status: int, payload: object) -> None:
     await send_body(send, status, body, b"application/json")
 
 
-def health_front(app: ASGIApp, readiness: Callable[[], tuple[bool, list[str]]]) -> ASGIApp:
-    """Wrap *app*: serve ``/healthz`` and ``/readyz``, and shield the close of each response.
-
-    ``/healthz`` is 200 while the process serves. ``/readyz`` is 200 only when *readiness*
-    says so, else 503 with the names of what is not ready. Both answer at the root and under
-    the configured ``root_path``.
-    """
-
-    async def front(scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await app(scope, receive, send)
-            return
-        path = scope["path"]
-        root = scope.get("root_path", "")
-        if root and path.startswith(root + "/"):
-            path = path[len(root) :]
-        if path == "/healthz":
-            await send_body(send, 200, b"ok\n")
-            return
-        if path == "/readyz":
-            ready, waiting = readiness()
-            await send_json(send, 200 if ready else 503, {"ready": ready, "not_ready": waiting})
-            return
-        if _closes_after_response(scope):
-            await _call_shielding_the_end(app, scope, receive, send)
-        else:
-            await app(scope, receive, send)
-
-    return front
-
-
-def _closes_after_response(scope: Scope) -> bool:
+def closes_after_response(scope: Scope) -> bool:
     """Whether hypercorn will close this connection after the response (the trap's case)."""
     if scope.get("http_version") == "1.0":
         return True
@@ -137,7 +108,10 @@ def _closes_after_response(scope: Scope) -> bool:
     )
 
 
-async def _call_shielding_the_end(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+def shielding_the_end(send: Send) -> Send:
+    """*send*, with the last body message shielded from cancellation (bounded): the
+    ``Connection: close`` trap's way out (see the module docstring)."""
+
     async def send_shielding_the_end(message: Message) -> None:
         if message["type"] == "http.response.body" and not message.get("more_body", False):
             # This send runs hypercorn's connection close in the app's task; see the module
@@ -147,7 +121,7 @@ async def _call_shielding_the_end(app: ASGIApp, scope: Scope, receive: Receive, 
         else:
             await send(message)
 
-    await app(scope, receive, send_shielding_the_end)
+    return send_shielding_the_end
 
 
 @attrs.frozen(kw_only=True)
@@ -443,6 +417,7 @@ class _Server:
             state=self._hypercorn.lifespan_state,
             server=_address(sock.getsockname),
             client=_address(sock.getpeername),
+            fileno=sock.fileno(),
         )
         if handoff is not None:
             # A WebSocket handshake for the app's own (Quart) routes: hypercorn speaks it.
