@@ -2,7 +2,8 @@
 
 Run ``python bench/bench_observe.py`` (``--quick`` for fewer calls). In one process, under trio,
 one hello-world ASGI app is called directly (no sockets: only the per-request work of the layer
-is measured) bare and wrapped in megatrio's ``observed`` layer — request id, HTTP metrics, and
+is measured) bare and behind megatrio's App front (``app_front``: the health paths, the request
+id, HTTP metrics, and
 the access log off, skipped by level, or on (JSON into a null stream through megatrio's redacting
 pipeline). The baseline for the metrics alone is prometheus-client's own instrumentation
 (``Counter.labels(...).inc()`` and ``Histogram.observe()`` per request), measured in the same run.
@@ -31,7 +32,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 
 from megatrio import LogFormat, configure_logging
 from megatrio._samples import counter_sample, gauge_sample
-from megatrio.services.http._access import HttpMetrics, observed
+from megatrio.services.http._access import HttpMetrics
+from megatrio.services.http._app_front import app_front
 from megatrio.services.http._metrics import registry_for
 
 ASGI = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
@@ -71,6 +73,10 @@ def prometheus_instrumented() -> ASGI:
         latency.observe(time.perf_counter() - began)
 
     return app
+
+
+def observed(app: ASGI, metrics: HttpMetrics, *, access_log: bool) -> ASGI:
+    return app_front(app, lambda: (True, []), metrics, access_log=access_log)
 
 
 def scope() -> dict[str, Any]:
@@ -168,21 +174,21 @@ async def main(quick: bool) -> None:
     )
     rows.append(
         (
-            "megatrio observed: request id + metrics, access log off",
+            "megatrio App front: request id + metrics, access log off",
             await per_request_us(observed(hello, HttpMetrics(), access_log=False), calls),
         )
     )
     access.setLevel(logging.WARNING)
     rows.append(
         (
-            "megatrio observed: access log on, level warning (skipped)",
+            "megatrio App front: access log on, level warning (skipped)",
             await per_request_us(observed(hello, HttpMetrics(), access_log=True), calls),
         )
     )
     access.setLevel(logging.NOTSET)
     rows.append(
         (
-            "megatrio observed: access log on, JSON records written",
+            "megatrio App front: access log on, JSON records written",
             await per_request_us(observed(hello, HttpMetrics(), access_log=True), calls // 4),
         )
     )
@@ -211,9 +217,8 @@ async def main(quick: bool) -> None:
     )
     ms, size = scrape_ms(50 if quick else 200)
     print()
-    print(
-        f"/metrics scrape, 50 children + 27 service samples + 9 HTTP series: {ms:.2f} ms CPU, {size:,} bytes"
-    )
+    what = "50 children + 27 service samples + 9 HTTP series"
+    print(f"/metrics scrape, {what}: {ms:.2f} ms CPU, {size:,} bytes")
 
 
 if __name__ == "__main__":
