@@ -575,6 +575,17 @@ async def test_under_workers_each_worker_is_a_node_and_broadcasts_reach_all(
     env = {"MEGATRIO_NATS_URL": nats.url, "MEGATRIO_REDIS_URL": redis.url}
     server = Server("ws_app:app", "--workers", "2", env=env)
     url = server.url.replace("http://", "ws://")
+
+    def workers_ready() -> int:
+        tree = json.loads(server.get("/_megatrio/tree", base=server.admin)[1])
+        [workers] = [c for c in tree["children"] if c["name"] == "workers"]
+        return sum(1 for w in workers["supervisor"]["children"] if w.get("info", {}).get("ready"))
+
+    # "serving" is announced once the first worker is ready: until the second one is, the
+    # first accepts every connection.
+    await trio.to_thread.run_sync(
+        lambda: server.wait_for(lambda: workers_ready() == 2, 30, "both workers ready")
+    )
     nodes: list[str] = []
     got: list[Any] = []
     go = trio.Event()
