@@ -103,25 +103,28 @@ FAULTS = [
 @given(
     fault=st.sampled_from(FAULTS),
     position=st.integers(0, 3),
-    cut=st.integers(1, 120),
+    cut=st.floats(0, 1),
     first=requests(),
 )
 def test_ambiguous_framing_is_refused_wherever_it_is_and_however_it_is_split(
     fault: bytes,
     position: int,
-    cut: int,
+    cut: float,
     first: tuple[bytes, object],
 ) -> None:
-    """Also behind a valid pipelined request: the whole connection is refused at the fault."""
+    """Also behind a valid pipelined request: the whole connection is refused at the fault,
+    even when the faulty head arrives whole before its body (*cut* is where the bytes are
+    split, as a fraction of them)."""
     lines = [b"POST /x HTTP/1.1\r\n", b"Host: h\r\n", b"A: b\r\n", b"C: d\r\n"]
     lines.insert(position + 1, fault)
     bad = b"".join(lines) + b"\r\n0\r\n\r\n"
     wire = first[0] + bad
+    split = max(1, round(cut * len(wire)))
     for parser_class in PARSERS:
         parser = parser_class(Limits())
         refused = None
         served = []
-        for chunk in (wire[:cut], wire[cut:]):
+        for chunk in (wire[:split], wire[split:]):
             try:
                 served += [e for e in parser.feed(chunk) if isinstance(e, Head)]
             except ProtocolError as exc:
@@ -130,3 +133,21 @@ def test_ambiguous_framing_is_refused_wherever_it_is_and_however_it_is_split(
         assert refused is not None, parser_class.__name__
         assert refused.status == 400, (parser_class.__name__, refused.reason)
         assert all(head.target != b"/x" for head in served), parser_class.__name__
+
+
+def test_a_repeated_content_length_is_refused_at_every_split_before_any_head_is_served() -> None:
+    """h11 itself merges equal repeated lengths: the head must be refused even when it
+    arrives whole before its body."""
+    wire = b"POST /x HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\ncontent-length: 3\r\n\r\nabc"
+    for parser_class in PARSERS:
+        for split in range(1, len(wire) + 1):
+            parser = parser_class(Limits())
+            served = []
+            try:
+                for chunk in (wire[:split], wire[split:]):
+                    served += [e for e in parser.feed(chunk) if isinstance(e, Head)]
+            except ProtocolError as exc:
+                assert exc.status == 400
+            else:
+                raise AssertionError(f"{parser_class.__name__} accepted it, split at {split}")
+            assert served == [], (parser_class.__name__, split)

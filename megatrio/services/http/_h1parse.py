@@ -210,6 +210,17 @@ def check_head_framing(head: bytes) -> None:
         raise ProtocolError(400, "obsolete line folding in the request head")
 
 
+def _check_one_content_length(head: bytes) -> None:
+    # h11 merges repeated equal Content-Length headers into one; llhttp refuses them, and
+    # so does this front with either parser (a smuggling vector when proxies disagree).
+    lengths = 0
+    for line in head.split(b"\r\n")[1:]:
+        if line.partition(b":")[0].strip().lower() == b"content-length":
+            lengths += 1
+    if lengths > 1:
+        raise ProtocolError(400, "malformed request: duplicate Content-Length")
+
+
 class _H11Parser:
     """h11 as a parser only: each request it reads is answered to it with an empty response,
     which is discarded, so that it moves on to the next. h11 accepts bare LF and folded
@@ -250,6 +261,8 @@ class _H11Parser:
                 pending = bytes(conn.trailing_data[0]).lstrip(b"\r\n")
                 end = pending.find(b"\r\n\r\n")
                 check_head_framing(pending if end < 0 else pending[: end + 2])
+                if end >= 0:
+                    _check_one_content_length(pending[: end + 2])
                 self.in_head = bool(pending)
             event = conn.next_event()
             if event is h11.NEED_DATA or event is h11.PAUSED:
