@@ -441,3 +441,40 @@ def test_ambiguous_framing_anywhere_in_the_head_is_refused(
         assert app.scopes == []
 
     trio.run(main)
+
+
+# -- the socket wire: pieces of a response checkpoint, the last need not --------------------
+
+
+def _declining_router(head: Any) -> None:
+    return None  # every connection stays with the HTTP front, after its head was read
+
+
+@pytest.mark.parametrize("router", [None, _declining_router], ids=["plain", "after-a-router"])
+async def test_a_streamed_response_checkpoints_between_pieces_and_its_last_piece_need_not(
+    router: Any,
+) -> None:
+    """A handler streaming to a peer that reads as fast as it sends still lets other tasks
+    run (each piece is a checkpoint); the piece that ends a response is sent without one,
+    the connection's next read being one. Behind a router, the bytes it read come first."""
+    checked: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await serve_lifespan(receive, send)
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        for piece in (b"a", b"b", b"c"):
+            with trio.testing.assert_checkpoints():
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+        with trio.testing.assert_no_checkpoints():
+            await send({"type": "http.response.body", "body": b"d"})
+        checked.append(scope["path"])
+
+    async with serving(app, upgrade=router) as url:
+        first = b"GET /1 HTTP/1.1\r\nHost: x\r\n\r\n"
+        last = b"GET /2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        response = await exchange(url, first + last)
+    assert responses_in(response) == [200, 200]
+    assert response.count(b"1\r\na\r\n1\r\nb\r\n1\r\nc\r\n1\r\nd\r\n0\r\n\r\n") == 2
+    assert checked == ["/1", "/2"]

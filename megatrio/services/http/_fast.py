@@ -4,7 +4,9 @@
 event; this front parses with llhttp (:mod:`._h1parse`) and runs the app *in the connection's
 own task*: no task is spawned per request. The app's ``receive()`` reads the socket itself
 when it needs body bytes, so a body streams with backpressure (nothing is read that the app
-has not asked for, beyond one read's worth).
+has not asked for, beyond one read's worth). On a plain socket the bytes travel through a
+:class:`~._wire.SocketWire` (a readiness wait then one read per request; a response's last
+piece sent with no trip through the scheduler).
 
 **One request at a time, pipelining allowed.** Requests are answered in order; the head and
 body of a pipelined request wait in their cycle until it is served. A ``receive()`` that has
@@ -54,6 +56,7 @@ import trio
 
 from ._h1parse import END, Head, Limits, ProtocolError, make_parser
 from ._watch import INLINE, Connections, DisconnectWatch
+from ._wire import SocketWire
 
 Message = dict[str, Any]
 App = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
@@ -159,9 +162,11 @@ class _Connection:
         server: tuple[str, int] | None,
         client: tuple[str, int] | None,
         fileno: int | None,
+        wire: SocketWire | None,
     ) -> None:
         self._app = app
         self._stream = stream
+        self._wire = wire
         self._settings = settings
         self._drain = drain
         self._state = state
@@ -217,7 +222,10 @@ class _Connection:
     async def _read(self) -> None:
         """Read once and parse what came; EOF sets ``_eof``. A protocol error stops parsing."""
         try:
-            data = await self._stream.receive_some(_READ_BYTES)
+            if self._wire is None:
+                data = await self._stream.receive_some(_READ_BYTES)
+            else:
+                data = await self._wire.receive_some(_READ_BYTES)
         except trio.BrokenResourceError:  # reset by the peer: it is gone, as after an EOF
             self._eof = self._broken = True
             return
@@ -476,7 +484,11 @@ class _Connection:
             data += b"0\r\n\r\n"
         if data:
             try:
-                await self._stream.send_all(data)
+                if self._wire is None:
+                    await self._stream.send_all(data)
+                else:
+                    # The last piece of a response needs no checkpoint: the next read is one.
+                    await self._wire.send_all(data, checkpoint=more)
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 self._broken = True
                 cycle.keep_alive = False
@@ -575,6 +587,7 @@ async def serve_connection(
     server: tuple[str, int] | None,
     client: tuple[str, int] | None,
     fileno: int | None = None,
+    wire: SocketWire | None = None,
 ) -> bytes | None:
     """Serve HTTP/1.1 on *stream* with the ASGI *app* until the connection is over.
 
@@ -584,12 +597,15 @@ async def serve_connection(
 
     *state* is the app's lifespan state (each request gets a shallow copy, as ASGI asks);
     *server* and *client* are the scope's addresses (None for a Unix socket); *fileno*, the
-    socket's, lets handlers run inline (see the module docstring). Returns when the
+    socket's, lets handlers run inline (see the module docstring); *wire*, when given, is
+    how the request and response bytes travel instead of *stream* (a plain socket's
+    :class:`~._wire.SocketWire`: fewer syscalls and scheduler trips; *stream* still sends a
+    ``100 Continue``, error answers and the final EOF). Returns when the
     peer closes, a timeout or limit ends the connection, or *drain* says so (see the module
     docstring); the caller closes the socket. Raises what the app raises (after answering 500
     when it had sent nothing); socket errors end the connection quietly. Cancellation ends
     the connection at once.
     """
-    connection = _Connection(app, stream, settings, drain, state, server, client, fileno)
+    connection = _Connection(app, stream, settings, drain, state, server, client, fileno, wire)
     await connection.run()
     return connection.handoff

@@ -60,6 +60,7 @@ from ._proxy_headers import TrustedPeers, proxy_headers
 from ._sockets import bind_listeners, closing_all, socket_url
 from ._upgrade import ReplayStream, UpgradeRouter, parse_head, read_head
 from ._watch import Connections
+from ._wire import SocketWire
 
 log = logging.getLogger("megatrio.http")
 
@@ -397,14 +398,20 @@ class _Server:
             await self._hypercorn.serve(replay)
             return
         if handler is None:
-            await self._serve_http(replay, None, False)
+            await self._serve_http(stream, None, False, prefix=head)
         else:
             await handler(replay, peer, self._stop_began)
 
     async def _serve_http(
-        self, stream: trio.abc.Stream, app: object | None, rejected: bool
+        self, stream: trio.abc.Stream, app: object | None, rejected: bool, prefix: bytes = b""
     ) -> None:
-        """One HTTP connection on the fast front (plain) or hypercorn (TLS, or as chosen)."""
+        """One HTTP connection on the fast front (plain) or hypercorn (TLS, or as chosen);
+        *prefix* is what was already read from *stream*."""
+        wire: SocketWire | None = None
+        if self._fast and isinstance(stream, OrderedSendStream):
+            wire = SocketWire(stream.socket, prefix)
+        elif prefix:
+            stream = ReplayStream(stream, prefix)
         if not self._fast:
             await self._hypercorn.serve(stream, app)
             return
@@ -418,6 +425,7 @@ class _Server:
             server=_address(sock.getsockname),
             client=_address(sock.getpeername),
             fileno=sock.fileno(),
+            wire=wire,
         )
         if handoff is not None:
             # A WebSocket handshake for the app's own (Quart) routes: hypercorn speaks it.
