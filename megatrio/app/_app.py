@@ -29,12 +29,12 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from quart import request
-from quart_trio import QuartTrio
 
 from .._runtime import Runtime
 from ..nursery._timer import every
 from ..services.http._access import ROUTE_KEY, HttpMetrics
 from ..services.http._error_pages import register_error_pages
+from ..services.http._quart_classes import quart_app_class
 from ..services.http._quart_trio import InlineHTTPConnection, inline_connection_class
 from ..services.http._raw import RawRoutes, quart_view
 from ..services.jobs._codec import JSON, Codec
@@ -79,7 +79,7 @@ class App:
         if not isinstance(resolved, str) or not resolved or "/" in resolved:
             raise ValueError(f"app name must be a non-empty string without '/': {resolved!r}")
         self.name = resolved
-        self.http = QuartTrio(resolved)
+        self.http = quart_app_class()(resolved)
         self.http.asgi_http_class = inline_connection_class()
         register_error_pages(self.http)
         if self.http.asgi_http_class is not InlineHTTPConnection:

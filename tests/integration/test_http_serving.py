@@ -6,6 +6,7 @@ Each test serves an App in-process with ``serve_app`` and talks raw HTTP/1.1 to 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import ssl
@@ -86,6 +87,28 @@ async def test_404_405_and_500_are_json_when_accept_prefers_it() -> None:
             "message": "The server could not complete the request.",
         }
         app.rt.stop()
+
+
+async def test_a_host_that_is_no_host_name_is_answered_400_and_the_connection_serves_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``Host: a..b`` cannot be IDNA-encoded to bind the URL map: Quart let that escape its
+    handlers (a 500 and a logged connection failure); the App answers 400 and keeps serving."""
+    app = error_app()
+
+    @app.get("/ok")
+    async def ok() -> str:
+        return "ok"
+
+    async with trio.open_nursery() as nursery:
+        [url] = (await start(nursery, app, config())).http
+        bad = b"GET /ok HTTP/1.1\r\nHost: a..b\r\n\r\n"
+        response = await exchange(url, bad + get("/ok"))
+        assert responses_in(response) == [400, 200], response
+        assert b"not a valid host name" in response
+        assert response.endswith(b"ok")
+        app.rt.stop()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 async def test_error_pages_are_html_otherwise_and_a_500_never_shows_the_exception(

@@ -1,4 +1,5 @@
-"""The quart/quart-trio internals the inline requests use exist, and a missing one is named."""
+"""The quart/quart-trio internals the inline requests and the App's Quart classes use exist,
+and a missing one is named."""
 
 from __future__ import annotations
 
@@ -6,11 +7,13 @@ import logging
 
 import pytest
 import quart.asgi
+import quart.helpers
 import quart.wrappers.response
 import quart_trio.asgi
 
 from megatrio import App
-from megatrio.services.http import _quart_trio
+from megatrio._util import missing_references
+from megatrio.services.http import _quart_classes, _quart_trio
 
 
 def test_every_internal_megatrio_uses_exists_in_this_quart_trio() -> None:
@@ -40,3 +43,24 @@ def test_a_missing_body_attribute_is_named(monkeypatch: pytest.MonkeyPatch) -> N
 
     monkeypatch.setattr(quart.wrappers.response.DataBody, "__init__", init_without_begin)
     assert _quart_trio.missing_internals() == ['DataBody(b"").begin']
+
+
+def test_the_apps_quart_classes_find_their_internal_and_serve() -> None:
+    assert missing_references(_quart_classes.REQUIRED) == []
+    app = App("classes").http
+    assert isinstance(app, _quart_classes.AppQuart)
+    assert (app.request_class, app.response_class) == (
+        _quart_classes.AppRequest,
+        _quart_classes.AppResponse,
+    )
+    assert isinstance(app.url_map, _quart_classes.AppMap)
+
+
+def test_without_their_internal_the_app_takes_quarts_own_classes(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delattr(quart.helpers, "_split_blueprint_path")
+    with caplog.at_level(logging.WARNING, logger="megatrio.http"):
+        app = App("plain").http
+    assert type(app) is quart_trio.QuartTrio
+    assert "quart.helpers:_split_blueprint_path" in caplog.text
