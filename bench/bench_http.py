@@ -32,13 +32,16 @@ Each run: start the server pinned to CPU 0 (``taskset``, when there is more than
 poll its port until it accepts, check one response, warm up with wrk (pinned to CPU 1),
 measure with ``wrk -t1 -c32 --latency``, read the serving process's RSS and CPU time, then
 SIGTERM it and require it to exit within a few seconds (megatrio with status 0). The servers
-run one after another and the rotation repeats (A B C ... A B C ...); each column is the median
-over the rotations. Any non-2xx response or socket error invalidates the run. Besides req/s and
-latency the table shows each server's CPU time per request, the share of a core it got and the
-CPU all other processes used meanwhile, and the script warns when the machine was busy: on a
-shared machine, CPU per request is the steadier comparison.
+run one after another, each target's two servers back to back, and the rotation repeats with its
+order reversed every other time (A B C D ... D C B A ...); each column is the median over the
+rotations, and a target's ratio (``paired``, and the verdict) is the median of the rotations'
+own ratios, which a machine whose speed drifts over minutes moves less. Any non-2xx response or
+socket error invalidates the run. Besides req/s and latency the table shows each server's CPU
+time per request, the share of a core it got and the CPU all other processes used meanwhile,
+and the script warns when the machine was busy: on a shared machine, CPU per request is the
+steadier comparison.
 
-Targets (as ratios of medians from the same run): megatrio on the fast front >= 0.9x Quart on
+Targets (as paired ratios from the same run): megatrio on the fast front >= 0.9x Quart on
 uvicorn; megatrio's lean route >= 0.5x Starlette on uvicorn; raw ASGI on the fast front >= 1.0x
 raw ASGI on hypercorn's asyncio worker; megatrio on hypercorn >= 0.95x bare quart-trio on
 hypercorn.
@@ -181,6 +184,22 @@ SERVERS = (
     QUART_UVICORN,
     STARLETTE,
 )
+
+RUN_ORDER = (
+    MEGATRIO_FAST,
+    QUART_UVICORN,
+    MEGATRIO_RAW,
+    STARLETTE,
+    ASGI_FAST,
+    ASGI_ASYNCIO,
+    MEGATRIO,
+    QUART,
+    MEGATRIO_LOGGED,
+    ASGI,
+)
+"""The order of one rotation (reversed every other rotation): each target's two servers run
+back to back, in both orders, so that a machine whose speed drifts over minutes (a shared VM)
+moves both sides of a ratio alike."""
 
 TARGETS = {
     MEGATRIO_FAST.key: (QUART_UVICORN, 0.9),
@@ -488,7 +507,7 @@ class Summary:
 def render(summaries: dict[str, Summary]) -> str:
     header = (
         "server", "req/s", "p50", "p99", "server CPU", "CPU/req", "other load", "RSS",
-        "vs Quart/uvicorn", "vs quart-trio", "target", "result",
+        "vs Quart/uvicorn", "vs quart-trio", "paired", "target", "result",
     )  # fmt: skip
     uvicorn_rps = summaries[QUART_UVICORN.key].median("rps")
     quart_rps = summaries[QUART.key].median("rps")
@@ -498,10 +517,11 @@ def render(summaries: dict[str, Summary]) -> str:
         if key in TARGETS:
             other, ratio = TARGETS[key]
             passed = verdict(summaries, key)
+            paired = f"{ratio_of(summaries, key):.2f}x"
             target = f">= {ratio:.2f}x {other.label}"
             result = "PASS" if passed else "FAIL"
         else:
-            target, result = "-", "info"
+            paired, target, result = "-", "-", "info"
         if not summary.valid:
             result += " (invalid run)"
         cells.append(
@@ -516,16 +536,28 @@ def render(summaries: dict[str, Summary]) -> str:
                 f"{summary.median('rss') / 1024:.1f} MiB",
                 f"{rps / uvicorn_rps:.2f}x",
                 f"{rps / quart_rps:.2f}x",
+                paired,
                 target,
                 result,
             )
         )
-    return markdown_table(header, cells, right={1, 2, 3, 4, 5, 6, 7, 8, 9})
+    return markdown_table(header, cells, right={1, 2, 3, 4, 5, 6, 7, 8, 9, 10})
 
 
 def ratio_of(summaries: dict[str, Summary], key: str) -> float:
+    """The median over rotations of the ratio of *key*'s req/s to its target's in the same
+    rotation (they ran back to back): steadier than the ratio of the medians on a machine
+    whose speed drifts."""
     other, _ = TARGETS[key]
-    return summaries[key].median("rps") / summaries[other.key].median("rps")
+    theirs = {run.rotation: run.wrk.rps for run in summaries[other.key].runs}
+    ratios = [run.wrk.rps / theirs[run.rotation] for run in summaries[key].runs]
+    return float(statistics.median(ratios))
+
+
+def ratios_text(summaries: dict[str, Summary], key: str) -> str:
+    other, _ = TARGETS[key]
+    theirs = {run.rotation: run.wrk.rps for run in summaries[other.key].runs}
+    return ", ".join(f"{run.wrk.rps / theirs[run.rotation]:.2f}" for run in summaries[key].runs)
 
 
 def verdict(summaries: dict[str, Summary], key: str) -> bool:
@@ -572,7 +604,8 @@ def main(settings: Settings) -> int:
     with tempfile.TemporaryDirectory(prefix="bench_http-") as tmp:
         (Path(tmp) / "status.lua").write_text(STATUS_SCRIPT)
         for rotation in range(1, settings.rotations + 1):
-            for server in SERVERS:
+            order = RUN_ORDER if rotation % 2 else RUN_ORDER[::-1]
+            for server in order:
                 progress(f"rotation {rotation}/{settings.rotations}: {server.label}")
                 try:
                     run = run_server(server, rotation, wrk, settings, Path(tmp))
@@ -597,7 +630,9 @@ def main(settings: Settings) -> int:
         f"load: wrk -t{settings.threads} -c{settings.connections} -d{settings.seconds}s "
         f"--latency after a {settings.warmup_seconds} s warm-up, GET / (13-byte body), "
         f"keep-alive; server pinned to CPU 0, wrk to CPU 1; servers rotated "
-        f"{settings.rotations}x (A B C ...), medians over the rotations; server CPU = the "
+        f"{settings.rotations}x (each target's pair back to back, the order reversed every "
+        f"other rotation), medians over the rotations; paired = the median of the rotations' "
+        f"ratios to the target's server; server CPU = the "
         f"serving process's user+system time during the measurement; other load = CPU used "
         f"meanwhile by all other processes (not the server, not wrk)"
     )
@@ -625,7 +660,8 @@ def main(settings: Settings) -> int:
         passed = verdict(summaries, key) and not invalid
         print(
             f"{summaries[key].server.label} / {other.label} = {ratio_of(summaries, key):.3f}"
-            f" (target >= {wanted}): {'PASS' if passed else 'FAIL'}"
+            f" (median of the rotations' {ratios_text(summaries, key)}; target >= {wanted}):"
+            f" {'PASS' if passed else 'FAIL'}"
         )
     print(f"total benchmark time {total:.1f} s")
     return 1 if invalid else 0
@@ -634,13 +670,13 @@ def main(settings: Settings) -> int:
 def parse_args(argv: list[str] | None = None) -> Settings:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one rotation of 3 s runs")
-    parser.add_argument("--rotations", type=int, help="rotations (default: 3, quick: 1)")
-    parser.add_argument("--seconds", type=int, help="seconds per measurement (10, quick: 3)")
+    parser.add_argument("--rotations", type=int, help="rotations (default: 5, quick: 1)")
+    parser.add_argument("--seconds", type=int, help="seconds per measurement (6, quick: 3)")
     args = parser.parse_args(argv)
     if args.quick:
         settings = Settings(mode="quick", rotations=1, warmup_seconds=1, seconds=3)
     else:
-        settings = Settings(mode="full", rotations=3, warmup_seconds=2, seconds=10)
+        settings = Settings(mode="full", rotations=5, warmup_seconds=2, seconds=6)
     if args.rotations is not None or args.seconds is not None:
         settings = dataclasses.replace(
             settings,
