@@ -1,8 +1,8 @@
 """The App's Quart classes: Quart's request, response and URL map, minus three costs that
 Quart and werkzeug pay on every request for nothing.
 
-Measured on a hello-world route served by ``megatrio run`` (``bench/bench_http.py``, see
-``bench/RESULTS.md``), each of these was 6-10% of the App's request:
+Measured on a hello-world route served by ``megatrio run`` under wrk, in back-to-back pairs
+with and without each (``bench/RESULTS.md``), each of these was 6-10% of the App's request:
 
 - **A missing header raised an exception.** werkzeug's ``Headers.get`` and ``in`` look a
   name up by raising and catching ``BadRequestKeyError`` (an ``HTTPException``, costly to
