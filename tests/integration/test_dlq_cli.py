@@ -50,7 +50,8 @@ def dead_lettered(server: Server) -> int:
     tree = json.loads(server.get("/_megatrio/tree", base=server.admin)[1])
     [jobs] = [c for c in tree["children"] if c["name"] == "jobs"]
     [poison] = [c for c in jobs["supervisor"]["children"] if c["name"] == "poison"]
-    return int(poison["info"].get("dead_lettered", 0))
+    # A consumer that has annotated nothing yet (just started) has no "info" in the tree.
+    return int(poison.get("info", {}).get("dead_lettered", 0))
 
 
 def listed(url: str) -> list[dict[str, object]]:
