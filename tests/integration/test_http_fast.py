@@ -478,3 +478,33 @@ async def test_a_streamed_response_checkpoints_between_pieces_and_its_last_piece
     assert responses_in(response) == [200, 200]
     assert response.count(b"1\r\na\r\n1\r\nb\r\n1\r\nc\r\n1\r\nd\r\n0\r\n\r\n") == 2
     assert checked == ["/1", "/2"]
+
+
+async def test_a_response_to_a_peer_that_never_reads_ends_when_the_server_is_cancelled() -> None:
+    """A frozen client: the write waits for room that never comes, and the server's
+    cancellation still ends the connection (and the app's send with it) at once."""
+    sending = trio.Event()
+    outcomes: list[str] = []
+
+    async def app(scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await serve_lifespan(receive, send)
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        sending.set()
+        try:
+            await send({"type": "http.response.body", "body": b"x" * (64 << 20)})
+        except trio.Cancelled:
+            outcomes.append("cancelled")
+            raise
+        outcomes.append("sent")
+
+    with trio.fail_after(10):
+        async with serving(app) as url:
+            stream = await connect(url)
+            await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            await sending.wait()
+            await trio.testing.wait_all_tasks_blocked()
+        # The server is gone while its peer is still connected, reading nothing.
+        await stream.aclose()
+    assert outcomes == ["cancelled"]

@@ -128,3 +128,19 @@ async def test_a_receive_waiting_when_the_socket_is_closed_wakes_with_closed() -
             nursery.start_soon(receive)
             await trio.testing.wait_all_tasks_blocked()
             ours.close()
+
+
+async def test_a_send_blocked_on_a_peer_that_never_reads_wakes_when_the_socket_is_closed() -> None:
+    ours, theirs = pair()
+    ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    wire = SocketWire(ours)
+    with theirs, trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+
+            async def send_forever() -> None:
+                with pytest.raises(trio.ClosedResourceError):
+                    await wire.send_all(b"x" * (8 << 20))
+
+            nursery.start_soon(send_forever)
+            await trio.testing.wait_all_tasks_blocked()
+            ours.close()  # what the listener does to stragglers at the end of a stop
